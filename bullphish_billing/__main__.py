@@ -1,0 +1,5 @@
+import sys
+
+from bullphish_billing.cli import main
+
+sys.exit(main())

@@ -1,0 +1,216 @@
+"""The `bullphish-billing` command: run, backfill, sandbox, demo.
+
+Exit codes (DESIGN.md): 0 everything billable delivered (or the dry run done); 1 finished, but
+something was held, rejected or failed; 2 usage or configuration error, one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from collections.abc import Sequence
+
+from bullphish_billing import __version__
+from bullphish_billing.dates import check_usage_date, parse_date, yesterday_utc
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message is one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return parse_date(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="bullphish-billing",
+        description="Bill BullPhish ID usage to partners' PSAs through KaseyaOne: a daily "
+        "Prefect flow that extracts partners, organizations and targets into a DuckDB "
+        "warehouse, validates them, computes the billing metrics and reports them.",
+        epilog="Configuration comes from the environment or a .env file: BULLPHISH_API_URL, "
+        "BULLPHISH_API_TOKEN, KASEYAONE_API_URL, KASEYAONE_CLIENT_ID, KASEYAONE_CLIENT_SECRET, "
+        "BILLING_WAREHOUSE (default data/warehouse.duckdb), BILLING_HOLD_THRESHOLD "
+        "(default 0.01). Exit codes: 0 all delivered, 1 something held/rejected/failed, "
+        "2 usage or configuration error.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    run = commands.add_parser(
+        "run",
+        help="bill one usage date (default yesterday, UTC)",
+        description="Run the daily billing flow for one usage date: extract, validate, "
+        "aggregate and report to KaseyaOne. Re-running a date sends only what changed.",
+    )
+    run.add_argument("--date", type=_date, help="usage date YYYY-MM-DD (default: yesterday, UTC)")
+    _partner_and_dry_run(run)
+
+    backfill = commands.add_parser(
+        "backfill",
+        help="bill every date of a range, oldest first",
+        description="Run the daily flow for every date from --start to --end (inclusive), "
+        "oldest first, with a progress bar. Dates already delivered with unchanged numbers "
+        "send nothing.",
+    )
+    backfill.add_argument("--start", type=_date, required=True, help="first usage date")
+    backfill.add_argument("--end", type=_date, required=True, help="last usage date")
+    _partner_and_dry_run(backfill)
+
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="serve both sandbox APIs on 127.0.0.1 (8701, 8702)",
+        description="Serve contract-true sandboxes of the BullPhish ID API (port 8701) and the "
+        "KaseyaOne billing API (port 8702) with generated, deterministic data and optional "
+        "fault injection. Point BULLPHISH_API_URL / KASEYAONE_API_URL at them. Ctrl-C stops.",
+    )
+    from bullphish_billing.sandbox.cli_options import add_arguments
+
+    add_arguments(sandbox)
+
+    demo = commands.add_parser(
+        "demo",
+        help="start the sandbox, run the daily flow against it, show the result",
+        description="Start the sandbox APIs and a local Prefect server, run the daily flow "
+        "for yesterday against them, print a summary and how to look at the result in the "
+        "Prefect UI and the DuckDB warehouse, then stop what it started. Needs no "
+        "configuration.",
+    )
+    demo.add_argument("--date", type=_date, help="usage date (default: yesterday, UTC)")
+    return parser
+
+
+def _partner_and_dry_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--partner",
+        dest="partners",
+        action="append",
+        metavar="ID",
+        help="bill only this partner (repeatable; default: every partner)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="compute and store the metrics, send nothing"
+    )
+
+
+def _prepare_prefect() -> None:
+    # Prefect's telemetry writes to its SQLite database at the same moment as the run and
+    # makes it print `database is locked` tracebacks; it has no use here.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def run_date(
+    usage_date: dt.date, partners: list[str] | None, dry_run: bool, *, quiet: bool = False
+) -> int:
+    """Run the daily flow for one date and print its summary; return the exit code."""
+    from bullphish_billing.settings import load_settings
+
+    load_settings().require_apis()
+    _prepare_prefect()
+    from flows.daily_billing import daily_billing
+
+    from bullphish_billing import reporting
+    from bullphish_billing.errors import USER_FACING_ERRORS
+
+    state = daily_billing(
+        usage_date=usage_date, partner_ids=partners, dry_run=dry_run, return_state=True
+    )
+    if state.is_failed():
+        data = state.result(raise_on_failure=False)
+        if isinstance(data, USER_FACING_ERRORS):
+            raise data
+        raise RuntimeError(state.message or "the flow failed")
+    summary = state.result()
+    if not quiet:
+        print()
+        print(reporting.terminal_table(summary))
+        print(f"\n{summary.usage_date}: {reporting.one_line(summary)} (exit {summary.exit_code})")
+    return summary.exit_code
+
+
+def _cmd_run(ns: argparse.Namespace) -> int:
+    day = ns.date or yesterday_utc()
+    _check_date(day)
+    return run_date(day, ns.partners, ns.dry_run)
+
+
+def _check_date(day: dt.date) -> None:
+    try:
+        check_usage_date(day)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _cmd_backfill(ns: argparse.Namespace) -> int:
+    from bullphish_billing.backfill import backfill
+
+    if ns.end < ns.start:
+        raise UsageError(f"--end {ns.end} is before --start {ns.start}")
+    _check_date(ns.start)
+    _check_date(ns.end)
+    return backfill(ns.start, ns.end, ns.partners, ns.dry_run)
+
+
+def _cmd_sandbox(ns: argparse.Namespace) -> int:
+    from bullphish_billing.sandbox import serve
+    from bullphish_billing.sandbox.cli_options import config_from_args
+
+    config = config_from_args(ns)
+    print(
+        f"BullPhish ID sandbox on http://127.0.0.1:{ns.bullphish_port} "
+        f"(token {config.bullphish_token}); KaseyaOne sandbox on "
+        f"http://127.0.0.1:{ns.kaseyaone_port} (client {config.kaseyaone_client_id}). "
+        "Ctrl-C stops.",
+        flush=True,
+    )
+    try:
+        serve(config, bullphish_port=ns.bullphish_port, kaseyaone_port=ns.kaseyaone_port)
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def _cmd_demo(ns: argparse.Namespace) -> int:
+    from bullphish_billing.demo import run_demo
+
+    return run_demo(ns.date)
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "backfill": _cmd_backfill,
+    "sandbox": _cmd_sandbox,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    from bullphish_billing.errors import USER_FACING_ERRORS
+
+    try:
+        return COMMANDS[ns.command](ns)
+    except (UsageError, *USER_FACING_ERRORS) as exc:
+        print(f"bullphish-billing {ns.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("bullphish-billing: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Delivery to KaseyaOne: the outbox, Idempotency-Keys, and recording the answers.
+
+The protocol (DESIGN.md rules 8-9):
+1. `plan` compares each partner-date's metrics with what KaseyaOne last acknowledged
+   (`ops.acknowledged_metrics`) and writes the difference, in batches of at most 1000, to
+   `ops.outbox` as *pending*, BEFORE anything is sent. Unchanged numbers plan nothing.
+2. `send_pending` sends every pending batch (oldest first) and records the answer in the same
+   transaction that marks the batch acknowledged. A crash between sending and recording leaves
+   the batch pending; the next run sends it again with the same key, which KaseyaOne answers
+   as a replay: one bill, not two.
+
+The Idempotency-Key is derived from the batch content and the key of the partner-date's last
+settled batch, so a repeat of the same change gets the same key, while a later change back to
+earlier numbers (A, then B, then A again) gets a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import duckdb
+import orjson
+import pandas as pd
+
+from bullphish_billing.clients import ApiError, FinalApiError, KaseyaOneClient
+from bullphish_billing.warehouse.db import fetch_all, fetch_value, transaction
+
+log = logging.getLogger(__name__)
+
+MODULE = "bullphish-id"
+MAX_BATCH = 1000
+
+
+@dataclass
+class DeliveryReport:
+    """Per partner-date: metrics sent, rejected, batches still pending, final errors."""
+
+    sent: dict[tuple[dt.date, str], int] = field(default_factory=lambda: defaultdict(int))
+    rejected: dict[tuple[dt.date, str], int] = field(default_factory=lambda: defaultdict(int))
+    pending: dict[tuple[dt.date, str], int] = field(default_factory=lambda: defaultdict(int))
+    errors: dict[tuple[dt.date, str], str] = field(default_factory=dict)
+    batches_sent: int = 0
+    replays: int = 0
+
+
+def idempotency_key(payload: dict, parent: str) -> str:
+    """A key from the batch content and the last settled batch of the partner-date."""
+    canonical = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    digest = hashlib.sha256(parent.encode() + b"\n" + canonical).hexdigest()
+    return f"bpb1-{payload['usage_date']}-{digest[:48]}"
+
+
+def plan(
+    con: duckdb.DuckDBPyConnection, usage_date: dt.date, partner_ids: list[str], run_id: str
+) -> int:
+    """Write the batches that bring KaseyaOne up to date for these partner-dates; return how
+    many batches were planned. Metrics equal to the acknowledged ones are not sent again."""
+    if not partner_ids:
+        return 0
+    changed = con.execute(
+        """
+        SELECT m.partner_id, m.organization_id, m.billing_type, m.units
+        FROM main.billing_metrics m
+        LEFT JOIN ops.acknowledged_metrics a
+               USING (usage_date, partner_id, organization_id, billing_type)
+        WHERE m.usage_date = $d AND list_contains($p, m.partner_id)
+          AND a.units IS DISTINCT FROM m.units
+        ORDER BY m.partner_id, m.organization_id, m.billing_type
+        """,
+        {"d": usage_date, "p": partner_ids},
+    ).df()
+    if changed.empty:
+        return 0
+    planned = 0
+    with transaction(con):
+        for partner_id, metrics in changed.groupby("partner_id", sort=True):
+            parent = _last_settled_key(con, usage_date, str(partner_id))
+            rows = metrics[["organization_id", "billing_type", "units"]].to_dict("records")
+            for batch_no, start in enumerate(range(0, len(rows), MAX_BATCH)):
+                chunk = [
+                    {
+                        "organization_id": r["organization_id"],
+                        "billing_type": r["billing_type"],
+                        "units": int(r["units"]),
+                    }
+                    for r in rows[start : start + MAX_BATCH]
+                ]
+                payload = {
+                    "module": MODULE,
+                    "partner_id": str(partner_id),
+                    "usage_date": usage_date.isoformat(),
+                    "metrics": chunk,
+                }
+                key = idempotency_key(payload, f"{parent}#{batch_no}")
+                con.execute(
+                    """
+                    INSERT INTO ops.outbox (idempotency_key, usage_date, partner_id, batch_no,
+                        payload, metrics, status, attempts, created_at, run_id)
+                    VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, now(), ?)
+                    ON CONFLICT DO NOTHING
+                    """,
+                    [key, usage_date, partner_id, batch_no, orjson.dumps(payload).decode(),
+                     len(chunk), run_id],
+                )
+                planned += 1
+    return planned
+
+
+def _last_settled_key(con: duckdb.DuckDBPyConnection, usage_date: dt.date, partner_id: str) -> str:
+    key = fetch_value(
+        con,
+        """
+        SELECT idempotency_key FROM ops.outbox
+        WHERE usage_date = ? AND partner_id = ? AND status <> 'pending'
+        ORDER BY answered_at DESC, batch_no DESC LIMIT 1
+        """,
+        [usage_date, partner_id],
+    )
+    return key or "genesis"
+
+
+def pending_batches(
+    con: duckdb.DuckDBPyConnection, partner_ids: list[str] | None = None
+) -> list[tuple[str, dt.date, str, str]]:
+    """Pending batches, oldest first: (key, usage_date, partner_id, payload JSON)."""
+    rows = fetch_all(
+        con,
+        """
+        SELECT idempotency_key, usage_date, partner_id, payload::VARCHAR FROM ops.outbox
+        WHERE status = 'pending' AND ($p IS NULL OR list_contains($p, partner_id))
+        ORDER BY created_at, usage_date, partner_id, batch_no
+        """,
+        {"p": partner_ids},
+    )
+    return rows
+
+
+async def send_pending(
+    client: KaseyaOneClient,
+    con: duckdb.DuckDBPyConnection,
+    *,
+    partner_ids: list[str] | None = None,
+    report: DeliveryReport | None = None,
+) -> DeliveryReport:
+    """Send every pending batch and record each answer; partner-dates go side by side, the
+    batches of one partner-date one after another, oldest first."""
+    report = report or DeliveryReport()
+    groups: dict[tuple[dt.date, str], list[tuple[str, str]]] = defaultdict(list)
+    for key, usage_date, partner_id, payload in pending_batches(con, partner_ids):
+        groups[(usage_date, partner_id)].append((key, payload))
+
+    async def deliver(group: tuple[dt.date, str], batches: list[tuple[str, str]]) -> None:
+        for position, (key, payload_text) in enumerate(batches):
+            payload = orjson.loads(payload_text)
+            _mark_attempt(con, key)
+            try:
+                result = await client.report_usage(payload, key)
+            except FinalApiError as exc:
+                _record_failure(con, key, exc)
+                report.errors[group] = str(exc)
+                report.pending[group] += len(batches) - position - 1
+                # a later batch may depend on nothing here, but keep order: stop this group
+                return
+            except ApiError as exc:
+                _record_transient(con, key, exc)
+                report.errors[group] = str(exc)
+                report.pending[group] += len(batches) - position
+                return
+            _record_answer(con, key, payload, result.status, result.accepted,
+                           result.rejected, result.replayed)
+            report.batches_sent += 1
+            report.replays += int(result.replayed)
+            report.sent[group] += len(payload["metrics"])
+            report.rejected[group] += len(result.rejected)
+
+    await asyncio.gather(*(deliver(g, b) for g, b in groups.items()))
+    return report
+
+
+def _mark_attempt(con: duckdb.DuckDBPyConnection, key: str) -> None:
+    con.execute(
+        "UPDATE ops.outbox SET attempts = attempts + 1 WHERE idempotency_key = ?", [key]
+    )
+
+
+def _record_failure(con: duckdb.DuckDBPyConnection, key: str, exc: ApiError) -> None:
+    con.execute(
+        "UPDATE ops.outbox SET status = 'failed', http_status = ?, error = ?, "
+        "answered_at = now() WHERE idempotency_key = ?",
+        [exc.status, str(exc), key],
+    )
+
+
+def _record_transient(con: duckdb.DuckDBPyConnection, key: str, exc: ApiError) -> None:
+    con.execute(
+        "UPDATE ops.outbox SET http_status = ?, error = ? WHERE idempotency_key = ?",
+        [exc.status, str(exc), key],
+    )
+
+
+def _record_answer(
+    con: duckdb.DuckDBPyConnection,
+    key: str,
+    payload: dict,
+    status: int,
+    accepted: int,
+    rejected: list[tuple[int, str]],
+    replayed: bool,
+) -> None:
+    """Mark the batch acknowledged, store its rejections and what KaseyaOne now holds."""
+    metrics = pd.DataFrame(payload["metrics"], columns=["organization_id", "billing_type", "units"])
+    reasons = dict(rejected)
+    metrics["rejected_reason"] = [reasons.get(i) for i in range(len(metrics))]
+    metrics["metric_index"] = range(len(metrics))
+    usage_date = dt.date.fromisoformat(payload["usage_date"])
+    partner_id = payload["partner_id"]
+    with transaction(con):
+        con.execute(
+            "UPDATE ops.outbox SET status = 'acknowledged', http_status = ?, accepted = ?, "
+            "rejected = ?, replayed = ?, error = NULL, answered_at = now() "
+            "WHERE idempotency_key = ?",
+            [status, accepted, len(rejected), replayed, key],
+        )
+        con.register("answered", metrics)
+        con.execute(
+            """
+            INSERT OR REPLACE INTO ops.rejected_metrics
+            SELECT ?, metric_index, ?, ?, organization_id, billing_type, units,
+                   rejected_reason, now()
+            FROM answered WHERE rejected_reason IS NOT NULL
+            """,
+            [key, usage_date, partner_id],
+        )
+        con.execute(
+            """
+            INSERT OR REPLACE INTO ops.acknowledged_metrics
+            SELECT ?, ?, organization_id, billing_type, units, ?, now()
+            FROM answered WHERE rejected_reason IS NULL
+            """,
+            [usage_date, partner_id, key],
+        )
+        con.unregister("answered")

@@ -1,0 +1,146 @@
+"""`bullphish-billing demo`: the whole feed against the sandbox, with nothing configured.
+
+Starts the sandbox APIs (in this process) and a local Prefect server (a child process, so the
+run shows in its UI), runs `bullphish-billing run` against them as a child process with the
+sandbox's settings, prints where to look, and stops what it started. Everything it writes
+stays under `data/demo/`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from bullphish_billing.dates import yesterday_utc
+
+DEMO_DIR = Path("data/demo")
+PREFECT_STARTUP_S = 90.0
+
+
+def free_port(preferred: int) -> int:
+    """`preferred` if nothing listens there, else any free port on 127.0.0.1."""
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def start_prefect_server(home: Path, port: int, log_path: Path) -> subprocess.Popen:
+    env = os.environ | {
+        "PREFECT_HOME": str(home.resolve()),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
+    env.pop("PREFECT_API_URL", None)
+    log = log_path.open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+         "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the Prefect server exited during start-up")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the Prefect server did not answer within {timeout_s:.0f} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_demo(usage_date: dt.date | None = None) -> int:
+    from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
+
+    day = usage_date or yesterday_utc()
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    warehouse = DEMO_DIR / "warehouse.duckdb"
+    for stale in (warehouse, warehouse.with_suffix(".duckdb.wal")):
+        stale.unlink(missing_ok=True)  # the sandbox's KaseyaOne starts empty: so does this
+    prefect_home = DEMO_DIR / "prefect"
+    prefect_port = free_port(4200)
+    api_url = f"http://127.0.0.1:{prefect_port}/api"
+    config = SandboxConfig(short_pages=True, rate_429=0.02, rate_5xx=0.02)
+
+    print(f"demo: starting the Prefect server on http://127.0.0.1:{prefect_port} ...", flush=True)
+    server = start_prefect_server(prefect_home, prefect_port, DEMO_DIR / "prefect-server.log")
+    try:
+        with RunningSandbox(
+            config, bullphish_port=free_port(8701), kaseyaone_port=free_port(8702)
+        ) as sandbox:
+            print(
+                f"demo: sandbox APIs: BullPhish ID {sandbox.bullphish_url}, "
+                f"KaseyaOne {sandbox.kaseyaone_url}",
+                flush=True,
+            )
+            wait_healthy(api_url, server, PREFECT_STARTUP_S)
+            env = os.environ | {
+                "PREFECT_API_URL": api_url,
+                "PREFECT_HOME": str(prefect_home.resolve()),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "BULLPHISH_API_URL": sandbox.bullphish_url,
+                "BULLPHISH_API_TOKEN": config.bullphish_token,
+                "KASEYAONE_API_URL": sandbox.kaseyaone_url,
+                "KASEYAONE_CLIENT_ID": config.kaseyaone_client_id,
+                "KASEYAONE_CLIENT_SECRET": config.kaseyaone_client_secret,
+                "BILLING_WAREHOUSE": str(warehouse),
+            }
+            print(f"demo: running the daily flow for {day} ...", flush=True)
+            code = subprocess.call(
+                [sys.executable, "-m", "bullphish_billing", "run", "--date", day.isoformat()],
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+            stored = len(sandbox.kaseyaone.stored())
+    finally:
+        stop(server)
+    if code not in (0, 1):
+        print(f"demo: the run failed (exit {code})", file=sys.stderr)
+        return code
+    print(
+        f"""
+demo: done. KaseyaOne's sandbox now holds {stored} metrics for the sandbox's partners.
+The sandbox's data includes, on purpose, partners that are not eligible (skipped), a partner
+held for review, quarantined records and metrics KaseyaOne rejects; the run's exit code
+({code}) says so: 1 means something was held, rejected or failed.
+
+Look at the run:
+  Prefect UI:  PREFECT_HOME={prefect_home} .venv/bin/prefect server start --port {prefect_port}
+               then open http://127.0.0.1:{prefect_port}/runs (flow 'daily-billing',
+               its task runs and its artifacts)
+  Warehouse:   .venv/bin/python -c "import duckdb; duckdb.connect('{warehouse}',
+               read_only=True).sql('FROM billing_metrics LIMIT 10').show()"
+               or the DuckDB CLI (2.0 or newer): duckdb -readonly {warehouse}
+               tables: billing_metrics, ops.partner_runs, ops.quarantine, ops.outbox"""
+    )
+    return 0

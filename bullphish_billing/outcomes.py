@@ -1,0 +1,154 @@
+"""What a run did, per partner-date: the run log, the summary and the exit code."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+
+import duckdb
+import pandas as pd
+
+from bullphish_billing.billing_rules import Evaluation, PartnerDecision
+from bullphish_billing.delivery import DeliveryReport
+from bullphish_billing.extract import ExtractResult
+from bullphish_billing.warehouse.db import fetch_value, transaction
+
+# statuses that make the run end with exit code 1 (DESIGN.md: held, rejected or failed)
+PROBLEM_STATUSES = frozenset({"held", "failed", "partial"})
+
+
+@dataclass(frozen=True)
+class PartnerOutcome:
+    usage_date: dt.date
+    partner_id: str
+    subscription_type: str | None
+    status: str  # delivered | partial | skipped | held | failed | dry_run
+    reason: str | None = None
+    organizations_billed: int = 0
+    organizations_held: int = 0
+    records_received: int = 0
+    records_quarantined: int = 0
+    metrics_computed: int = 0
+    metrics_sent: int = 0
+    metrics_rejected: int = 0
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    usage_date: dt.date
+    dry_run: bool
+    outcomes: list[PartnerOutcome]
+    earlier_batches_sent: int = 0
+    still_pending: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        problems = any(o.status in PROBLEM_STATUSES for o in self.outcomes)
+        return 1 if problems or self.still_pending or self.notes else 0
+
+    def counts(self) -> dict[str, int]:
+        result: dict[str, int] = {}
+        for outcome in self.outcomes:
+            result[outcome.status] = result.get(outcome.status, 0) + 1
+        return result
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([asdict(o) for o in self.outcomes])
+
+
+def combine(
+    usage_date: dt.date,
+    decisions: list[PartnerDecision],
+    extracts: dict[str, ExtractResult],
+    evaluations: dict[str, Evaluation],
+    report: DeliveryReport | None,
+    dry_run: bool,
+) -> list[PartnerOutcome]:
+    """One outcome per partner decided on, from what each stage reported."""
+    outcomes = []
+    for decision in decisions:
+        pid = decision.partner_id
+        base = {
+            "usage_date": usage_date,
+            "partner_id": pid,
+            "subscription_type": decision.subscription_type,
+        }
+        if decision.decision != "billable":
+            outcomes.append(PartnerOutcome(**base, status=decision.decision, reason=decision.reason))
+            continue
+        extract = extracts.get(pid)
+        if extract is None or extract.error:
+            reason = extract.error if extract else "not extracted"
+            outcomes.append(PartnerOutcome(**base, status="failed", reason=reason))
+            continue
+        ev = evaluations[pid]
+        numbers = {
+            "organizations_billed": ev.organizations_billed,
+            "organizations_held": ev.organizations_held,
+            "records_received": ev.records_received,
+            "records_quarantined": ev.records_quarantined,
+            "metrics_computed": ev.metrics_computed,
+        }
+        if ev.held:
+            outcomes.append(PartnerOutcome(**base, status="held", reason=ev.reason, **numbers))
+            continue
+        if dry_run or report is None:
+            outcomes.append(PartnerOutcome(**base, status="dry_run", **numbers))
+            continue
+        key = (usage_date, pid)
+        sent, rejected = report.sent.get(key, 0), report.rejected.get(key, 0)
+        numbers |= {"metrics_sent": sent, "metrics_rejected": rejected}
+        if key in report.errors:
+            status, reason = "failed", report.errors[key]
+        elif rejected or ev.organizations_held:
+            problems = []
+            if ev.organizations_held:
+                problems.append(f"{ev.organizations_held} organization(s) held: own record bad")
+            if rejected:
+                problems.append(f"KaseyaOne rejected {rejected} metric(s)")
+            status, reason = "partial", "; ".join(problems)
+        else:
+            status = "delivered"
+            reason = None if sent else "unchanged since last acknowledged: nothing sent"
+        outcomes.append(PartnerOutcome(**base, status=status, reason=reason, **numbers))
+    return outcomes
+
+
+def start_run(
+    con: duckdb.DuckDBPyConnection, run_id: str, usage_date: dt.date, dry_run: bool
+) -> None:
+    con.execute(
+        "INSERT OR REPLACE INTO ops.runs VALUES (?, ?, ?, now(), NULL, NULL)",
+        [run_id, usage_date, dry_run],
+    )
+
+
+def record(con: duckdb.DuckDBPyConnection, summary: RunSummary) -> None:
+    """Write the run log rows of a run and close its ops.runs row."""
+    frame = summary.to_frame()
+    with transaction(con):
+        con.execute("DELETE FROM ops.partner_runs WHERE run_id = ?", [summary.run_id])
+        if len(frame):
+            con.register("outcomes", frame)
+            con.execute(
+                """
+                INSERT INTO ops.partner_runs
+                SELECT ?, usage_date, partner_id, subscription_type, status, reason,
+                       organizations_billed, organizations_held, records_received,
+                       records_quarantined, metrics_computed, metrics_sent, metrics_rejected,
+                       now()
+                FROM outcomes
+                """,
+                [summary.run_id],
+            )
+            con.unregister("outcomes")
+        con.execute(
+            "UPDATE ops.runs SET finished_at = now(), exit_code = ? WHERE run_id = ?",
+            [summary.exit_code, summary.run_id],
+        )
+
+
+def pending_count(con: duckdb.DuckDBPyConnection) -> int:
+    return int(fetch_value(con, "SELECT count(*) FROM ops.outbox WHERE status = 'pending'") or 0)

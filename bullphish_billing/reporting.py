@@ -1,0 +1,105 @@
+"""How a run is shown: the terminal summary, the Prefect artifacts, the one-line log."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+
+from bullphish_billing.outcomes import RunSummary
+from bullphish_billing.warehouse.db import fetch_all
+
+ARTIFACT_COLUMNS = (
+    "partner_id",
+    "subscription_type",
+    "status",
+    "organizations_billed",
+    "organizations_held",
+    "metrics_computed",
+    "metrics_sent",
+    "metrics_rejected",
+    "records_quarantined",
+)
+
+
+def artifact_rows(summary: RunSummary) -> list[dict]:
+    """The per-partner table of a run, ids and numbers only."""
+    rows = []
+    for o in summary.outcomes:
+        row = {c: getattr(o, c) for c in ARTIFACT_COLUMNS}
+        row["subscription_type"] = row["subscription_type"] or ""
+        rows.append(row)
+    return rows
+
+
+def issues_markdown(summary: RunSummary) -> str:
+    """A markdown note of everything skipped, held, failed or rejected."""
+    lines = [f"# Billing {summary.usage_date}: {one_line(summary)}", ""]
+    groups = {
+        "held": "Held for review",
+        "failed": "Failed",
+        "partial": "Delivered in part",
+        "skipped": "Skipped (prerequisite not met)",
+    }
+    for status, title in groups.items():
+        chosen = [o for o in summary.outcomes if o.status == status]
+        if not chosen:
+            continue
+        lines += [f"## {title} ({len(chosen)})", ""]
+        lines += [f"- `{o.partner_id}`: {o.reason}" for o in chosen]
+        lines.append("")
+    if summary.still_pending:
+        lines += [f"## Pending delivery\n\n{summary.still_pending} batch(es) wait in the "
+                  "outbox; the next run sends them first.", ""]
+    lines += [f"- {note}" for note in summary.notes]
+    if len(lines) == 2:
+        lines.append("Nothing skipped, held, failed or rejected.")
+    return "\n".join(lines)
+
+
+def one_line(summary: RunSummary) -> str:
+    counts = summary.counts()
+    parts = [f"{n} {status}" for status, n in sorted(counts.items())]
+    sent = sum(o.metrics_sent for o in summary.outcomes)
+    text = f"{', '.join(parts) or 'no partners'}; {sent} metrics sent"
+    if summary.earlier_batches_sent:
+        text += f"; {summary.earlier_batches_sent} earlier batch(es) delivered"
+    if summary.still_pending:
+        text += f"; {summary.still_pending} batch(es) still pending"
+    return text
+
+
+def unattributed_quarantine(con: duckdb.DuckDBPyConnection, usage_date: dt.date) -> list[str]:
+    """Quarantined partner records that name no partner: nobody's run log shows them."""
+    rows = fetch_all(
+        con,
+        "SELECT count(*) FROM ops.quarantine WHERE usage_date = ? AND entity = 'partner' "
+        "AND partner_id IS NULL",
+        [usage_date],
+    )
+    n = rows[0][0]
+    if not n:
+        return []
+    return [f"{n} partner record(s) without a valid id quarantined (see ops.quarantine)"]
+
+
+def terminal_table(summary: RunSummary) -> str:
+    """A plain-text table of the outcomes for the terminal."""
+    header = ("partner", "subscription", "status", "orgs", "held", "sent", "rej", "quar", "reason")
+    rows = [
+        (
+            o.partner_id,
+            o.subscription_type or "-",
+            o.status,
+            str(o.organizations_billed),
+            str(o.organizations_held),
+            str(o.metrics_sent),
+            str(o.metrics_rejected),
+            str(o.records_quarantined),
+            (o.reason or "")[:70],
+        )
+        for o in summary.outcomes
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*r).rstrip() for r in [header, *rows])

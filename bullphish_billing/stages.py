@@ -1,0 +1,161 @@
+"""The stages of a daily run as plain, typed functions; the Prefect tasks wrap these.
+
+Each stage opens what it needs (the warehouse for a short while, an API client) from the
+settings it is given and closes it before returning, so the stages can be retried, tested and
+timed one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass
+
+from bullphish_billing import billing_rules, delivery
+from bullphish_billing.billing_rules import Evaluation, PartnerDecision
+from bullphish_billing.clients import BullPhishClient, FinalApiError, KaseyaOneClient
+from bullphish_billing.extract import ExtractResult, extract_partner_list, extract_partners
+from bullphish_billing.settings import ConfigurationError, Settings
+from bullphish_billing.warehouse.db import open_warehouse
+
+
+class UnknownPartnerError(Exception):
+    """A partner asked for on the command line does not exist as of the date."""
+
+
+def bullphish_client(settings: Settings) -> BullPhishClient:
+    settings.require_apis()
+    return BullPhishClient(
+        str(settings.bullphish_api_url),
+        settings.bullphish_api_token,  # type: ignore[arg-type]
+        page_limit=settings.page_limit,
+        max_connections=settings.max_connections,
+    )
+
+
+def kaseyaone_client(settings: Settings) -> KaseyaOneClient:
+    settings.require_apis()
+    return KaseyaOneClient(
+        str(settings.kaseyaone_api_url),
+        str(settings.kaseyaone_client_id),
+        settings.kaseyaone_client_secret,  # type: ignore[arg-type]
+    )
+
+
+def list_partners(
+    settings: Settings, usage_date: dt.date, run_id: str, only: list[str] | None = None
+) -> list[PartnerDecision]:
+    """Extract the partner list and decide, per partner, billable / skipped / held (rule 1).
+
+    With `only`, the decisions are narrowed to those partners; an unknown one is an error.
+    A 401 from BullPhish ID means the token is wrong: a configuration error.
+    """
+
+    async def fetch() -> None:
+        async with bullphish_client(settings) as client:
+            with open_warehouse(settings.warehouse) as con:
+                await extract_partner_list(client, con, usage_date, run_id)
+
+    try:
+        asyncio.run(fetch())
+    except FinalApiError as exc:
+        if exc.status == 401:
+            raise ConfigurationError(
+                "BullPhish ID refused BULLPHISH_API_TOKEN (401 unauthorized)"
+            ) from None
+        raise
+    with open_warehouse(settings.warehouse) as con:
+        decisions = billing_rules.decide_partners(con, usage_date, run_id)
+    if only:
+        known = {d.partner_id for d in decisions}
+        unknown = sorted(set(only) - known)
+        if unknown:
+            raise UnknownPartnerError(
+                f"unknown partner {', '.join(unknown)} as of {usage_date} "
+                f"(BullPhish ID lists {len(known)} partners)"
+            )
+        decisions = [d for d in decisions if d.partner_id in set(only)]
+    return decisions
+
+
+def extract(
+    settings: Settings, usage_date: dt.date, partner_ids: list[str], run_id: str
+) -> dict[str, ExtractResult]:
+    """Extract organizations and targets of each partner-date into the warehouse."""
+
+    async def fetch() -> dict[str, ExtractResult]:
+        async with bullphish_client(settings) as client:
+            with open_warehouse(settings.warehouse) as con:
+                return await extract_partners(
+                    client,
+                    con,
+                    usage_date,
+                    partner_ids,
+                    run_id,
+                    concurrency=max(1, settings.max_connections // 2),
+                )
+
+    if not partner_ids:
+        return {}
+    return asyncio.run(fetch())
+
+
+def evaluate(
+    settings: Settings, usage_date: dt.date, partner_ids: list[str], run_id: str
+) -> dict[str, Evaluation]:
+    """Apply the billing rules and store the partner-dates' metrics."""
+    with open_warehouse(settings.warehouse) as con:
+        return billing_rules.evaluate(
+            con, usage_date, partner_ids, hold_threshold=settings.hold_threshold, run_id=run_id
+        )
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    report: delivery.DeliveryReport
+    planned_batches: int
+
+
+def deliver(
+    settings: Settings,
+    usage_date: dt.date | None,
+    partner_ids: list[str],
+    run_id: str,
+) -> DeliveryOutcome:
+    """Plan the partner-dates' changed metrics into the outbox, then send every pending batch
+    (earlier runs' first). With `usage_date` None, only what is already pending is sent."""
+
+    async def send() -> delivery.DeliveryReport:
+        async with kaseyaone_client(settings) as client:
+            with open_warehouse(settings.warehouse) as con:
+                return await delivery.send_pending(client, con)
+
+    planned = 0
+    if usage_date is not None and partner_ids:
+        with open_warehouse(settings.warehouse) as con:
+            planned = delivery.plan(con, usage_date, partner_ids, run_id)
+    with open_warehouse(settings.warehouse) as con:
+        anything = bool(delivery.pending_batches(con))
+    report = asyncio.run(send()) if anything else delivery.DeliveryReport()
+    return DeliveryOutcome(report=report, planned_batches=planned)
+
+
+def check_kaseyaone(settings: Settings) -> None:
+    """Fetch a KaseyaOne token: a 401 means the client credentials are wrong (exit 2).
+    Transient trouble is left to delivery, which keeps the batches pending."""
+
+    async def probe() -> None:
+        async with kaseyaone_client(settings) as client:
+            await client.list_billing_types()
+
+    try:
+        asyncio.run(probe())
+    except FinalApiError as exc:
+        if exc.status in (400, 401):
+            raise ConfigurationError(
+                f"KaseyaOne refused KASEYAONE_CLIENT_ID/KASEYAONE_CLIENT_SECRET "
+                f"({exc.status} {exc.code})"
+            ) from None
+        raise
+    except Exception:  # noqa: BLE001 - down or flaky: delivery will say so, batch by batch
+        return

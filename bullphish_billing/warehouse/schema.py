@@ -1,0 +1,294 @@
+"""The warehouse schema: every table, every column and its comment, in one place.
+
+Layers, as schemas:
+- `raw`: what BullPhish ID served for a usage date, per record validated, personal data dropped;
+- `ops`: how the feed ran: runs, partner-date outcomes, quarantine, the delivery outbox;
+- `main`: what analysts query (`billing_metrics`).
+
+The schema is versioned: `ops.schema_version` holds the version applied; `migrate` creates a new
+warehouse and refuses one written by a newer version of this program.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+SCHEMA_VERSION = 1
+
+
+class SchemaVersionError(Exception):
+    """The warehouse was written by a newer version of bullphish-billing."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    comment: str
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    comment: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...] = ()
+
+    def ddl(self) -> str:
+        cols = [f"{c.name} {c.type}" for c in self.columns]
+        if self.primary_key:
+            cols.append(f"PRIMARY KEY ({', '.join(self.primary_key)})")
+        return f"CREATE TABLE IF NOT EXISTS {self.name} (\n  " + ",\n  ".join(cols) + "\n)"
+
+
+def _c(name: str, type_: str, comment: str) -> Column:
+    return Column(name, type_, comment)
+
+
+USAGE_DATE = _c("usage_date", "DATE NOT NULL", "The usage date (a UTC day) the row belongs to.")
+PARTNER_ID = _c("partner_id", "VARCHAR NOT NULL", "BullPhish ID partner (MSP) id, p_...")
+RUN_ID = _c("run_id", "VARCHAR", "The run that wrote the row (ops.runs.run_id).")
+PAGE_NO = _c("page_no", "INTEGER", "0-based page of the API list the record came on.")
+PAGE_ROW = _c("page_row", "INTEGER", "0-based position of the record within its page.")
+
+TABLES: tuple[Table, ...] = (
+    Table(
+        "ops.schema_version",
+        "The warehouse schema version applied by bullphish-billing.",
+        (
+            _c("version", "INTEGER NOT NULL", "Schema version number."),
+            _c("applied_at", "TIMESTAMPTZ NOT NULL", "When this version was applied."),
+        ),
+    ),
+    Table(
+        "raw.partners",
+        "Partners as BullPhish ID served them for a usage date (as_of = usage date); only "
+        "records that passed validation. Replaced whole on every extract of that date.",
+        (
+            USAGE_DATE,
+            _c("id", "VARCHAR NOT NULL", "Partner id."),
+            _c("name", "VARCHAR", "Partner (MSP) name."),
+            _c("subscription_type", "VARCHAR", "per_organization or per_user."),
+            _c("kaseyaone_activated", "BOOLEAN", "kaseyaone.activated as of the date."),
+            _c("psa", "VARCHAR", "Connected PSA (autotask, bms) or NULL if none."),
+            _c("unified_login_enabled", "BOOLEAN", "kaseyaone.unified_login_enabled."),
+            _c("updated_at", "TIMESTAMPTZ", "Record's updated_at as served."),
+            PAGE_NO,
+            PAGE_ROW,
+            RUN_ID,
+        ),
+    ),
+    Table(
+        "raw.organizations",
+        "Organizations (the MSP's customers, sub-organizations included) as served for a "
+        "usage date; only records that passed validation. Replaced per (usage_date, "
+        "partner_id) on every extract.",
+        (
+            USAGE_DATE,
+            PARTNER_ID,
+            _c("id", "VARCHAR NOT NULL", "Organization id, o_..."),
+            _c("name", "VARCHAR", "Organization (customer company) name."),
+            _c("parent_id", "VARCHAR", "Parent organization of a sub-organization, else NULL."),
+            _c("status", "VARCHAR", "active or archived as of the date."),
+            _c("training_awareness", "BOOLEAN", "Training module enabled as of the date."),
+            _c("phishing", "BOOLEAN", "Phishing module enabled as of the date."),
+            _c("created_at", "TIMESTAMPTZ", "Record's created_at as served."),
+            PAGE_NO,
+            PAGE_ROW,
+            RUN_ID,
+        ),
+    ),
+    Table(
+        "raw.targets",
+        "Targets (users) as served for a usage date, without personal data (no email, no "
+        "names); only records that passed validation. Replaced per (usage_date, partner_id).",
+        (
+            USAGE_DATE,
+            PARTNER_ID,
+            _c("id", "VARCHAR NOT NULL", "Target id, t_..."),
+            _c("organization_id", "VARCHAR", "The organization the target belongs to."),
+            _c("status", "VARCHAR", "active or inactive as of the date."),
+            _c("updated_at", "TIMESTAMPTZ", "Record's updated_at as served."),
+            PAGE_NO,
+            PAGE_ROW,
+            RUN_ID,
+        ),
+    ),
+    Table(
+        "ops.extractions",
+        "One row per extracted (usage_date, partner_id): how many records were received.",
+        (
+            USAGE_DATE,
+            PARTNER_ID,
+            _c("organizations_received", "BIGINT", "Organization records received, bad ones included."),
+            _c("targets_received", "BIGINT", "Target records received, bad ones included."),
+            _c("pages", "INTEGER", "API pages fetched for the partner."),
+            _c("extracted_at", "TIMESTAMPTZ", "When the extract was committed."),
+            RUN_ID,
+        ),
+        ("usage_date", "partner_id"),
+    ),
+    Table(
+        "ops.quarantine",
+        "Every record that was not counted because it is bad, with the reason (DESIGN.md "
+        "rules 6-7). Records are identified by id (when the id itself is valid) and position.",
+        (
+            USAGE_DATE,
+            _c("partner_id", "VARCHAR", "Partner the record belongs to (NULL for a partner record whose id is bad)."),
+            _c("entity", "VARCHAR NOT NULL", "partner, organization or target."),
+            _c("record_id", "VARCHAR", "The record's id, if it is a well-formed id; else NULL."),
+            PAGE_NO,
+            PAGE_ROW,
+            _c("stage", "VARCHAR NOT NULL", "record (failed per-record validation) or set (duplicate, unknown organization)."),
+            _c("reason", "VARCHAR NOT NULL", "Why the record was quarantined."),
+            RUN_ID,
+            _c("recorded_at", "TIMESTAMPTZ NOT NULL", "When the quarantine row was written."),
+        ),
+    ),
+    Table(
+        "ops.runs",
+        "One row per run of the daily flow (one usage date).",
+        (
+            _c("run_id", "VARCHAR NOT NULL", "Run id (the Prefect flow run id when run by Prefect)."),
+            USAGE_DATE,
+            _c("dry_run", "BOOLEAN NOT NULL", "True if nothing was to be sent."),
+            _c("started_at", "TIMESTAMPTZ NOT NULL", "Run start."),
+            _c("finished_at", "TIMESTAMPTZ", "Run end; NULL while running or if it crashed."),
+            _c("exit_code", "INTEGER", "0 all delivered, 1 something held, rejected or failed."),
+        ),
+        ("run_id",),
+    ),
+    Table(
+        "ops.partner_runs",
+        "The run log: one row per run and partner-date with its outcome: delivered, partial "
+        "(some organizations held or metrics rejected), skipped (+reason), held (+reason), "
+        "failed (+error) or dry_run.",
+        (
+            RUN_ID,
+            USAGE_DATE,
+            PARTNER_ID,
+            _c("subscription_type", "VARCHAR", "per_organization or per_user (NULL if unknown)."),
+            _c("status", "VARCHAR NOT NULL", "delivered, partial, skipped, held, failed or dry_run."),
+            _c("reason", "VARCHAR", "Why skipped, held or failed; NULL when delivered."),
+            _c("organizations_billed", "INTEGER", "Organizations with metrics computed."),
+            _c("organizations_held", "INTEGER", "Organizations held because their own record is bad."),
+            _c("records_received", "BIGINT", "Organization and target records received."),
+            _c("records_quarantined", "BIGINT", "Of those, quarantined."),
+            _c("metrics_computed", "INTEGER", "Metrics computed for the partner-date."),
+            _c("metrics_sent", "INTEGER", "Metrics sent to KaseyaOne by this run."),
+            _c("metrics_rejected", "INTEGER", "Metrics KaseyaOne rejected in this run."),
+            _c("finished_at", "TIMESTAMPTZ NOT NULL", "When the outcome was recorded."),
+        ),
+        ("run_id", "usage_date", "partner_id"),
+    ),
+    Table(
+        "main.billing_metrics",
+        "The current billing metrics of every usage date processed: per partner, "
+        "organization and billing type, the units reported (or, for a dry run, to be reported) "
+        "to KaseyaOne. Replaced per partner-date on each run that computes it.",
+        (
+            USAGE_DATE,
+            PARTNER_ID,
+            _c("organization_id", "VARCHAR NOT NULL", "BullPhish ID organization id."),
+            _c("billing_type", "VARCHAR NOT NULL", "bullphish_id.<module>.<per_organization|per_user>."),
+            _c("units", "BIGINT NOT NULL", "0/1 for per_organization, active targets for per_user."),
+            _c("subscription_type", "VARCHAR NOT NULL", "The partner's subscription as of the date."),
+            RUN_ID,
+            _c("computed_at", "TIMESTAMPTZ NOT NULL", "When the metric was computed."),
+        ),
+        ("usage_date", "partner_id", "organization_id", "billing_type"),
+    ),
+    Table(
+        "ops.outbox",
+        "Every batch of metrics to send to KaseyaOne, written before it is sent: pending until "
+        "KaseyaOne answers, so that a crash re-sends the same Idempotency-Key (a replay).",
+        (
+            _c("idempotency_key", "VARCHAR NOT NULL", "The Idempotency-Key, derived from the content."),
+            USAGE_DATE,
+            PARTNER_ID,
+            _c("batch_no", "INTEGER NOT NULL", "0-based batch number within the partner-date's send."),
+            _c("payload", "JSON NOT NULL", "The UsageBatch body (ids and numbers only)."),
+            _c("metrics", "INTEGER NOT NULL", "Number of metrics in the batch."),
+            _c("status", "VARCHAR NOT NULL", "pending, acknowledged or failed."),
+            _c("attempts", "INTEGER NOT NULL", "Send attempts by runs (each may retry inside)."),
+            _c("http_status", "INTEGER", "HTTP status of KaseyaOne's last answer."),
+            _c("accepted", "INTEGER", "Metrics KaseyaOne accepted."),
+            _c("rejected", "INTEGER", "Metrics KaseyaOne rejected."),
+            _c("replayed", "BOOLEAN", "KaseyaOne answered with a replay of an earlier send."),
+            _c("error", "VARCHAR", "The final error, for a failed batch."),
+            _c("created_at", "TIMESTAMPTZ NOT NULL", "When the batch was written."),
+            _c("answered_at", "TIMESTAMPTZ", "When KaseyaOne's answer was recorded."),
+            RUN_ID,
+        ),
+        ("idempotency_key",),
+    ),
+    Table(
+        "ops.rejected_metrics",
+        "Each metric KaseyaOne rejected, with its reason.",
+        (
+            _c("idempotency_key", "VARCHAR NOT NULL", "The batch (ops.outbox)."),
+            _c("metric_index", "INTEGER NOT NULL", "Index of the metric in the batch."),
+            USAGE_DATE,
+            PARTNER_ID,
+            _c("organization_id", "VARCHAR", "Organization of the rejected metric."),
+            _c("billing_type", "VARCHAR", "Billing type of the rejected metric."),
+            _c("units", "BIGINT", "Units of the rejected metric."),
+            _c("reason", "VARCHAR NOT NULL", "KaseyaOne's reason."),
+            _c("recorded_at", "TIMESTAMPTZ NOT NULL", "When recorded."),
+        ),
+        ("idempotency_key", "metric_index"),
+    ),
+    Table(
+        "ops.acknowledged_metrics",
+        "What KaseyaOne holds, as far as its answers told us: per upsert key, the units last "
+        "accepted. A run sends only metrics that differ from this.",
+        (
+            USAGE_DATE,
+            PARTNER_ID,
+            _c("organization_id", "VARCHAR NOT NULL", "Organization id."),
+            _c("billing_type", "VARCHAR NOT NULL", "Billing type."),
+            _c("units", "BIGINT NOT NULL", "Units KaseyaOne accepted."),
+            _c("idempotency_key", "VARCHAR NOT NULL", "The batch that delivered them."),
+            _c("acknowledged_at", "TIMESTAMPTZ NOT NULL", "When KaseyaOne's answer was recorded."),
+        ),
+        ("usage_date", "partner_id", "organization_id", "billing_type"),
+    ),
+)
+
+SCHEMAS = ("raw", "ops")
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Create the schema if the warehouse is new; return the version in force."""
+    for schema in SCHEMAS:
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    con.execute(TABLES[0].ddl())
+    current = con.execute("SELECT max(version) FROM ops.schema_version").fetchall()[0][0] or 0
+    if current > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the warehouse has schema version {current}, newer than this program's "
+            f"{SCHEMA_VERSION}: upgrade bullphish-billing"
+        )
+    if current == SCHEMA_VERSION:
+        return current
+    con.execute("BEGIN")
+    try:
+        for table in TABLES:
+            con.execute(table.ddl())
+            con.execute(f"COMMENT ON TABLE {table.name} IS {_quote(table.comment)}")
+            for col in table.columns:
+                con.execute(
+                    f"COMMENT ON COLUMN {table.name}.{col.name} IS {_quote(col.comment)}"
+                )
+        con.execute("INSERT INTO ops.schema_version VALUES (?, now())", [SCHEMA_VERSION])
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return SCHEMA_VERSION

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over `bullphish_billing.stages`, adding names and retries."""
