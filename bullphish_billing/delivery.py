@@ -239,9 +239,29 @@ def _record_answer(
         con.execute(
             """
             INSERT OR REPLACE INTO ops.acknowledged_metrics
-            SELECT ?, ?, organization_id, billing_type, units, ?, now()
-            FROM answered WHERE rejected_reason IS NULL
+            SELECT ?, ?, organization_id, billing_type, units, rejected_reason IS NULL,
+                   rejected_reason, ?, now()
+            FROM answered
             """,
             [usage_date, partner_id, key],
         )
         con.unregister("answered")
+
+
+def standing_rejections(
+    con: duckdb.DuckDBPyConnection, usage_date: dt.date, partner_ids: list[str]
+) -> dict[str, int]:
+    """Per partner, the current metrics of the date that KaseyaOne rejected (now or before)."""
+    rows = fetch_all(
+        con,
+        """
+        SELECT m.partner_id, count(*)
+        FROM main.billing_metrics m
+        JOIN ops.acknowledged_metrics a
+          USING (usage_date, partner_id, organization_id, billing_type, units)
+        WHERE m.usage_date = $d AND list_contains($p, m.partner_id) AND NOT a.accepted
+        GROUP BY m.partner_id
+        """,
+        {"d": usage_date, "p": partner_ids},
+    )
+    return dict(rows)

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     )
     page_limit: int = Field(1000, alias="BILLING_PAGE_LIMIT", ge=1, le=1000)
     max_connections: int = Field(8, alias="BILLING_MAX_CONNECTIONS", ge=1, le=64)
+    http_deadline_s: float = Field(
+        120.0,
+        alias="BILLING_HTTP_DEADLINE_S",
+        gt=0,
+        description="Longest time one API request may take, retries included.",
+    )
 
     def require_apis(self) -> None:
         """Raise ConfigurationError naming every missing variable the APIs need."""

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 from bullphish_billing import billing_rules, delivery
 from bullphish_billing.billing_rules import Evaluation, PartnerDecision
-from bullphish_billing.clients import BullPhishClient, FinalApiError, KaseyaOneClient
+from bullphish_billing.clients import (
+    BullPhishClient,
+    FinalApiError,
+    KaseyaOneClient,
+    RetryPolicy,
+)
 from bullphish_billing.extract import ExtractResult, extract_partner_list, extract_partners
 from bullphish_billing.settings import ConfigurationError, Settings
 from bullphish_billing.warehouse.db import open_warehouse
@@ -30,6 +35,16 @@ def bullphish_client(settings: Settings) -> BullPhishClient:
         settings.bullphish_api_token,  # type: ignore[arg-type]
         page_limit=settings.page_limit,
         max_connections=settings.max_connections,
+        retry=_retry(settings),
+    )
+
+
+def _retry(settings: Settings) -> RetryPolicy:
+    deadline = settings.http_deadline_s
+    return RetryPolicy(
+        request_deadline_s=deadline,
+        connect_timeout_s=min(5.0, deadline),
+        read_timeout_s=min(30.0, deadline),
     )
 
 
@@ -39,6 +54,7 @@ def kaseyaone_client(settings: Settings) -> KaseyaOneClient:
         str(settings.kaseyaone_api_url),
         str(settings.kaseyaone_client_id),
         settings.kaseyaone_client_secret,  # type: ignore[arg-type]
+        retry=_retry(settings),
     )
 
 
@@ -137,6 +153,10 @@ def deliver(
     with open_warehouse(settings.warehouse) as con:
         anything = bool(delivery.pending_batches(con))
     report = asyncio.run(send()) if anything else delivery.DeliveryReport()
+    if usage_date is not None and partner_ids:
+        with open_warehouse(settings.warehouse) as con:
+            for partner_id, n in delivery.standing_rejections(con, usage_date, partner_ids).items():
+                report.rejected[(usage_date, partner_id)] = n
     return DeliveryOutcome(report=report, planned_batches=planned)
 
 

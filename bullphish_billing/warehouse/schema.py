@@ -178,7 +178,7 @@ TABLES: tuple[Table, ...] = (
             _c("records_quarantined", "BIGINT", "Of those, quarantined."),
             _c("metrics_computed", "INTEGER", "Metrics computed for the partner-date."),
             _c("metrics_sent", "INTEGER", "Metrics sent to KaseyaOne by this run."),
-            _c("metrics_rejected", "INTEGER", "Metrics KaseyaOne rejected in this run."),
+            _c("metrics_rejected", "INTEGER", "Current metrics that KaseyaOne rejected (this run or earlier)."),
             _c("finished_at", "TIMESTAMPTZ NOT NULL", "When the outcome was recorded."),
         ),
         ("run_id", "usage_date", "partner_id"),
@@ -242,15 +242,18 @@ TABLES: tuple[Table, ...] = (
     ),
     Table(
         "ops.acknowledged_metrics",
-        "What KaseyaOne holds, as far as its answers told us: per upsert key, the units last "
-        "accepted. A run sends only metrics that differ from this.",
+        "KaseyaOne's last answer per upsert key: the units sent, and whether KaseyaOne accepted "
+        "or rejected them. A run sends only metrics whose units differ from these; accepted "
+        "rows are what KaseyaOne holds.",
         (
             USAGE_DATE,
             PARTNER_ID,
             _c("organization_id", "VARCHAR NOT NULL", "Organization id."),
             _c("billing_type", "VARCHAR NOT NULL", "Billing type."),
-            _c("units", "BIGINT NOT NULL", "Units KaseyaOne accepted."),
-            _c("idempotency_key", "VARCHAR NOT NULL", "The batch that delivered them."),
+            _c("units", "BIGINT NOT NULL", "Units sent."),
+            _c("accepted", "BOOLEAN NOT NULL", "True if KaseyaOne stored them, false if it rejected them."),
+            _c("rejected_reason", "VARCHAR", "KaseyaOne's reason, for a rejected metric."),
+            _c("idempotency_key", "VARCHAR NOT NULL", "The batch that sent them."),
             _c("acknowledged_at", "TIMESTAMPTZ NOT NULL", "When KaseyaOne's answer was recorded."),
         ),
         ("usage_date", "partner_id", "organization_id", "billing_type"),

@@ -1,0 +1,184 @@
+"""The daily flow end to end, under Prefect's test harness, against the sandbox over loopback.
+
+Expectations come from the sandbox's own data (tests/oracle.py), never from the pipeline's
+tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+
+import duckdb
+import pytest
+from oracle import expected_billing, expected_in_kaseyaone
+
+from bullphish_billing.dates import yesterday_utc
+from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+FAULTY = SandboxConfig(
+    seed=11,
+    partners=14,
+    short_pages=True,
+    rate_429=0.1,
+    rate_5xx=0.1,
+    rate_lost_response=0.1,
+    token_lifetime_s=1,
+    malformed_rate=0.01,
+)
+
+
+@pytest.fixture
+def configure(monkeypatch, warehouse_path):
+    def apply(sandbox: RunningSandbox, threshold: float | None = None) -> None:
+        c = sandbox.config
+        monkeypatch.setenv("BULLPHISH_API_URL", sandbox.bullphish_url)
+        monkeypatch.setenv("BULLPHISH_API_TOKEN", c.bullphish_token)
+        monkeypatch.setenv("KASEYAONE_API_URL", sandbox.kaseyaone_url)
+        monkeypatch.setenv("KASEYAONE_CLIENT_ID", c.kaseyaone_client_id)
+        monkeypatch.setenv("KASEYAONE_CLIENT_SECRET", c.kaseyaone_client_secret)
+        monkeypatch.setenv("BILLING_WAREHOUSE", str(warehouse_path))
+        if threshold is not None:
+            monkeypatch.setenv("BILLING_HOLD_THRESHOLD", str(threshold))
+
+    return apply
+
+
+def stored(sandbox: RunningSandbox, day: dt.date) -> dict[tuple[str, str, str], int]:
+    return {
+        (m["partner_id"], m["organization_id"], m["billing_type"]): m["units"]
+        for m in sandbox.kaseyaone.stored(usage_date=day)
+    }
+
+
+def fresh_posts(sandbox: RunningSandbox) -> int:
+    """POSTs that changed KaseyaOne's store (not replays, not refused)."""
+    return len(sandbox.kaseyaone.sends())
+
+
+def run(day: dt.date, **kwargs):
+    from flows.daily_billing import daily_billing
+
+    return daily_billing(usage_date=day, **kwargs)
+
+
+def test_faulty_sandbox_delivers_exactly_what_its_data_implies(configure, warehouse_path):
+    day = yesterday_utc() - dt.timedelta(days=2)
+    with RunningSandbox(FAULTY) as sandbox:
+        configure(sandbox, threshold=0.05)
+        summary = run(day)
+        expected = expected_billing(sandbox.world, day, threshold=0.05)
+        assert stored(sandbox, day) == expected_in_kaseyaone(sandbox.world, expected)
+        statuses = {o.partner_id: o.status for o in summary.outcomes}
+        assert {p for p, s in statuses.items() if s == "skipped"} == expected.skipped
+        assert {p for p, s in statuses.items() if s == "held"} == expected.held
+        assert expected.metrics, "the sandbox should bill something"
+        with duckdb.connect(str(warehouse_path), read_only=True) as con:
+            computed = {
+                (p, o, t): u
+                for p, o, t, u in con.execute(
+                    "SELECT partner_id, organization_id, billing_type, units "
+                    "FROM billing_metrics WHERE usage_date = ?",
+                    [day],
+                ).fetchall()
+            }
+        assert computed == expected.metrics
+        # the unlinked partner and the unknown organization make the run end with exit 1
+        assert summary.exit_code == 1
+        assert statuses["p_0007"] == "failed" and statuses["p_0008"] == "partial"
+
+
+def test_running_a_date_twice_sends_nothing_new_and_changes_nothing(configure, warehouse_path):
+    day = yesterday_utc() - dt.timedelta(days=1)
+    config = SandboxConfig(seed=3, partners=10, short_pages=True)
+    with RunningSandbox(config) as sandbox:
+        configure(sandbox)
+        run(day)
+        posts, first = fresh_posts(sandbox), stored(sandbox, day)
+        with duckdb.connect(str(warehouse_path), read_only=True) as con:
+            metrics_before = con.execute("FROM billing_metrics ORDER BY ALL").fetchall()
+            acked_before = con.execute(
+                "SELECT * EXCLUDE (acknowledged_at) FROM ops.acknowledged_metrics ORDER BY ALL"
+            ).fetchall()
+        second = run(day)
+        assert fresh_posts(sandbox) == posts
+        assert stored(sandbox, day) == first
+        with duckdb.connect(str(warehouse_path), read_only=True) as con:
+            metrics_after = con.execute("FROM billing_metrics ORDER BY ALL").fetchall()
+            acked_after = con.execute(
+                "SELECT * EXCLUDE (acknowledged_at) FROM ops.acknowledged_metrics ORDER BY ALL"
+            ).fetchall()
+        strip = lambda rows: [r[:6] for r in rows]  # noqa: E731 - drop run_id, computed_at
+        assert strip(metrics_after) == strip(metrics_before)
+        assert acked_after == acked_before
+        assert all(o.metrics_sent == 0 for o in second.outcomes)
+
+
+def test_a_crash_between_send_and_record_is_delivered_once_by_the_next_run(
+    configure, warehouse_path
+):
+    import asyncio
+
+    from bullphish_billing import delivery, stages
+    from bullphish_billing.settings import load_settings
+    from bullphish_billing.warehouse.db import open_warehouse
+
+    day = yesterday_utc() - dt.timedelta(days=3)
+    config = SandboxConfig(seed=5, partners=10)
+    with RunningSandbox(config) as sandbox:
+        configure(sandbox)
+        run(day, dry_run=True)  # computes and stores, sends nothing
+        assert fresh_posts(sandbox) == 0
+        settings = load_settings()
+        with open_warehouse(warehouse_path) as con:
+            pids = [r[0] for r in con.execute(
+                "SELECT DISTINCT partner_id FROM billing_metrics").fetchall()]
+            assert delivery.plan(con, day, pids, "crashed-run") > 0
+            pending = delivery.pending_batches(con)
+
+        async def send_without_recording() -> None:  # the crash: sent, answer lost
+            async with stages.kaseyaone_client(settings) as client:
+                for key, _, _, payload in pending[:2]:
+                    await client.report_usage(__import__("orjson").loads(payload), key)
+
+        asyncio.run(send_without_recording())
+        summary = run(day)
+        keys = Counter(r.idempotency_key for r in sandbox.kaseyaone.sends())
+        assert keys and max(keys.values()) == 1  # each batch applied once
+        assert all(r.status != 409 for r in sandbox.kaseyaone.requests)
+        replays = [r for r in sandbox.kaseyaone.requests if r.replayed]
+        assert {r.idempotency_key for r in replays} == {k for k, *_ in pending[:2]}
+        expected = expected_billing(sandbox.world, day)
+        assert stored(sandbox, day) == expected_in_kaseyaone(sandbox.world, expected)
+        assert summary.still_pending == 0
+
+
+def test_kaseyaone_down_leaves_batches_pending_and_the_next_run_delivers_them(
+    configure, warehouse_path
+):
+    day = yesterday_utc() - dt.timedelta(days=4)
+    config = SandboxConfig(seed=5, partners=10)
+    with RunningSandbox(config) as sandbox:
+        configure(sandbox)
+        sandbox_url = sandbox.kaseyaone_url
+    # KaseyaOne is gone: point at the dead port, with a quick retry budget
+    with RunningSandbox(config) as bullphish_only:
+        configure(bullphish_only)
+        import os
+
+        os.environ["KASEYAONE_API_URL"] = sandbox_url  # nothing listens there any more
+        os.environ["BILLING_HTTP_DEADLINE_S"] = "3"
+        try:
+            first = run(day)
+        finally:
+            del os.environ["BILLING_HTTP_DEADLINE_S"]
+        assert first.exit_code == 1 and first.still_pending > 0
+        configure(bullphish_only)
+        second = run(day - dt.timedelta(days=1))  # a later run, another date
+        # every batch left pending was sent first (the unlinked partner's is refused, 422)
+        assert second.earlier_batches_sent == first.still_pending - 1
+        assert second.still_pending == 0
+        expected = expected_billing(bullphish_only.world, day)
+        assert stored(bullphish_only, day) == expected_in_kaseyaone(bullphish_only.world, expected)
