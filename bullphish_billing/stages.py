@@ -58,40 +58,57 @@ def kaseyaone_client(settings: Settings) -> KaseyaOneClient:
     )
 
 
-def list_partners(
-    settings: Settings, usage_date: dt.date, run_id: str, only: list[str] | None = None
-) -> list[PartnerDecision]:
-    """Extract the partner list and decide, per partner, billable / skipped / held (rule 1).
+def check_bullphish(settings: Settings, usage_date: dt.date) -> None:
+    """Read the first page of partners: a 401 means the token is wrong (a configuration
+    error); anything else is left to extraction, which reports it per partner-date."""
 
-    With `only`, the decisions are narrowed to those partners; an unknown one is an error.
-    A 401 from BullPhish ID means the token is wrong: a configuration error.
-    """
-
-    async def fetch() -> None:
+    async def probe() -> None:
         async with bullphish_client(settings) as client:
-            with open_warehouse(settings.warehouse) as con:
-                await extract_partner_list(client, con, usage_date, run_id)
+            pages = client.iter_partners(usage_date)
+            try:
+                await anext(pages)
+            finally:
+                await pages.aclose()
 
     try:
-        asyncio.run(fetch())
+        asyncio.run(probe())
     except FinalApiError as exc:
         if exc.status == 401:
             raise ConfigurationError(
                 "BullPhish ID refused BULLPHISH_API_TOKEN (401 unauthorized)"
             ) from None
         raise
+    except Exception:  # noqa: BLE001 - down or flaky: the extract stage will say so
+        return
+
+
+def list_partners(settings: Settings, usage_date: dt.date, run_id: str) -> list[PartnerDecision]:
+    """Extract the partner list and decide, per partner, billable / skipped / held (rule 1)."""
+
+    async def fetch() -> None:
+        async with bullphish_client(settings) as client:
+            with open_warehouse(settings.warehouse) as con:
+                await extract_partner_list(client, con, usage_date, run_id)
+
+    asyncio.run(fetch())
     with open_warehouse(settings.warehouse) as con:
-        decisions = billing_rules.decide_partners(con, usage_date, run_id)
-    if only:
-        known = {d.partner_id for d in decisions}
-        unknown = sorted(set(only) - known)
-        if unknown:
-            raise UnknownPartnerError(
-                f"unknown partner {', '.join(unknown)} as of {usage_date} "
-                f"(BullPhish ID lists {len(known)} partners)"
-            )
-        decisions = [d for d in decisions if d.partner_id in set(only)]
-    return decisions
+        return billing_rules.decide_partners(con, usage_date, run_id)
+
+
+def select_partners(
+    decisions: list[PartnerDecision], only: list[str] | None, usage_date: dt.date
+) -> list[PartnerDecision]:
+    """Narrow the decisions to the partners asked for; an unknown one is an error."""
+    if not only:
+        return decisions
+    known = {d.partner_id for d in decisions}
+    unknown = sorted(set(only) - known)
+    if unknown:
+        raise UnknownPartnerError(
+            f"unknown partner {', '.join(unknown)} as of {usage_date} "
+            f"(BullPhish ID lists {len(known)} partners)"
+        )
+    return [d for d in decisions if d.partner_id in set(only)]
 
 
 def extract(

@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from bullphish_billing import outcomes, reporting
+from bullphish_billing import outcomes, reporting, stages
 from bullphish_billing.dates import yesterday_utc
 from bullphish_billing.errors import USER_FACING_ERRORS
 from bullphish_billing.settings import load_settings
@@ -44,10 +44,15 @@ def _bill(
     log = get_run_logger()
     settings = load_settings()
     settings.require_apis()
+    # configuration and input problems surface here, before any work (exit 2)
+    stages.check_bullphish(settings, day)
+    if not dry_run:
+        stages.check_kaseyaone(settings)
     with open_warehouse(settings.warehouse) as con:
         outcomes.start_run(con, run_id, day, dry_run)
-
-    decisions = billing.list_partners(settings, day, run_id, partner_ids)
+    decisions = stages.select_partners(
+        billing.list_partners(settings, day, run_id), partner_ids, day
+    )
     billable = [d.partner_id for d in decisions if d.decision == "billable"]
     log.info(
         "%s: %d partners, %d billable, %d skipped, %d held",
@@ -59,7 +64,6 @@ def _bill(
     )
     earlier = None
     if not dry_run:
-        billing.check_kaseyaone(settings)
         earlier = billing.deliver_pending(settings, run_id)  # rule 9: what a crash left first
     extracts = billing.extract(settings, day, billable, run_id)
     extracted = [p for p, r in extracts.items() if not r.error]

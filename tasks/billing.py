@@ -19,15 +19,8 @@ from bullphish_billing.settings import Settings
 
 
 @task(name="list-partners", task_run_name="list-partners-{usage_date}", cache_policy=NO_CACHE)
-def list_partners(
-    settings: Settings, usage_date: dt.date, run_id: str, only: list[str] | None
-) -> list[PartnerDecision]:
-    return stages.list_partners(settings, usage_date, run_id, only)
-
-
-@task(name="check-kaseyaone", cache_policy=NO_CACHE)
-def check_kaseyaone(settings: Settings) -> None:
-    stages.check_kaseyaone(settings)
+def list_partners(settings: Settings, usage_date: dt.date, run_id: str) -> list[PartnerDecision]:
+    return stages.list_partners(settings, usage_date, run_id)
 
 
 @task(name="deliver-pending", cache_policy=NO_CACHE)
