@@ -168,18 +168,17 @@ def _cmd_sandbox(ns: argparse.Namespace) -> int:
     from bullphish_billing.sandbox import serve
     from bullphish_billing.sandbox.cli_options import config_from_args
 
-    config = config_from_args(ns)
-    print(
-        f"BullPhish ID sandbox on http://127.0.0.1:{ns.bullphish_port} "
-        f"(token {config.bullphish_token}); KaseyaOne sandbox on "
-        f"http://127.0.0.1:{ns.kaseyaone_port} (client {config.kaseyaone_client_id}). "
-        "Ctrl-C stops.",
-        flush=True,
-    )
     try:
-        serve(config, bullphish_port=ns.bullphish_port, kaseyaone_port=ns.kaseyaone_port)
+        serve(
+            config_from_args(ns), bullphish_port=ns.bullphish_port, kaseyaone_port=ns.kaseyaone_port
+        )
     except KeyboardInterrupt:
         pass
+    except OSError as exc:
+        raise UsageError(
+            f"cannot listen on 127.0.0.1:{ns.bullphish_port}/{ns.kaseyaone_port}: "
+            f"{exc.strerror or exc} (another sandbox running? choose other ports)"
+        ) from None
     return EXIT_OK
 
 
