@@ -1,0 +1,91 @@
+"""One exception hierarchy for every failure of the two HTTP APIs.
+
+Messages and attributes name the API, the method, the URL path (never the query string), the
+HTTP status, the API's error code and message. They never carry tokens or client secrets: the
+clients redact known secrets from server-supplied text before it reaches an exception.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    """Base class of every failure of a BullPhish ID or KaseyaOne request."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        api: str,
+        method: str = "",
+        path: str = "",
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        self.api = api
+        self.method = method
+        self.path = path
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(self._one_line())
+
+    def _one_line(self) -> str:
+        status = self.status if self.status is not None else "-"
+        code = self.code or "-"
+        return (
+            f"{self.api} {self.method} {self.path} failed: status={status} code={code}: "
+            f"{self.message}"
+        )
+
+    def __str__(self) -> str:
+        return self._one_line()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(api={self.api!r}, method={self.method!r}, "
+            f"path={self.path!r}, status={self.status!r}, code={self.code!r}, "
+            f"message={self.message!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only constructor arguments break the default Exception pickling, and Prefect
+        # pickles task exceptions: rebuild from the instance dict instead.
+        return (_rebuild, (type(self), dict(self.__dict__)))
+
+
+def _rebuild(cls: type[ApiError], state: dict[str, Any]) -> ApiError:
+    exc = cls.__new__(cls)
+    exc.__dict__.update(state)
+    Exception.__init__(exc, exc._one_line())
+    return exc
+
+
+class FinalApiError(ApiError):
+    """A failure that repeating the request will not cure: 4xx other than 429 (and 401 after
+    one token refresh), or a response that breaks the contract."""
+
+
+class ContractViolationError(FinalApiError):
+    """The response does not match the API contract (bad JSON, missing `data`/`next_cursor`,
+    a cursor that repeats, an unexpected status, ...)."""
+
+
+class RetriesExhaustedError(ApiError):
+    """Transient failures (5xx, 429, timeouts, connection errors) until the attempts or the
+    per-request deadline ran out. `attempts` says how many requests were sent."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        api: str,
+        method: str = "",
+        path: str = "",
+        status: int | None = None,
+        code: str | None = None,
+        attempts: int = 0,
+    ) -> None:
+        self.attempts = attempts
+        super().__init__(message, api=api, method=method, path=path, status=status, code=code)

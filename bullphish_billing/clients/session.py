@@ -1,0 +1,122 @@
+"""The pooled HTTP session both API clients are built on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import httpx
+
+from .errors import ContractViolationError
+from .pages import Page, follow_cursor
+from .retry import BearerAuth, Call, JsonResponse, RetryPolicy, send_with_retries
+
+USER_AGENT = "bullphish-billing/0.1"
+
+
+class ApiSession:
+    """One pooled httpx.AsyncClient (HTTP/1.1 keep-alive, at most `max_connections` sockets)
+    plus a semaphore of the same size around every request, the retry policy and the
+    redaction of secrets from server-supplied text."""
+
+    def __init__(
+        self,
+        api: str,
+        base_url: str,
+        *,
+        max_connections: int,
+        retry: RetryPolicy,
+        redact: Callable[[str], str],
+    ) -> None:
+        url = httpx.URL(base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"{api} base URL must be an http(s) URL with a host")
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.api = api
+        self._url = url.copy_with(query=None, fragment=None)
+        # For reprs: without any user:password part.
+        self.base_url = str(self._url.copy_with(username=None, password=None))
+        self.max_connections = max_connections
+        self.retry = retry
+        self._redact = redact
+        self._slots = asyncio.Semaphore(max_connections)
+        self._http: httpx.AsyncClient | None = None
+
+    async def open(self) -> None:
+        if self._http is not None:
+            raise RuntimeError(f"the {self.api} client is already open")
+        # Created here, not in __init__: asyncio primitives belong to the running loop.
+        self._slots = asyncio.Semaphore(self.max_connections)
+        self._http = httpx.AsyncClient(
+            base_url=self._url,
+            limits=httpx.Limits(
+                max_connections=self.max_connections,
+                max_keepalive_connections=self.max_connections,
+            ),
+            timeout=self.retry.httpx_timeout(),
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            follow_redirects=False,
+        )
+
+    async def close(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise RuntimeError(f"use the {self.api} client inside 'async with'")
+        return self._http
+
+    async def send(self, call: Call, auth: BearerAuth | None = None) -> JsonResponse:
+        return await send_with_retries(
+            self._client(),
+            call,
+            api=self.api,
+            policy=self.retry,
+            slots=self._slots,
+            auth=auth,
+            redact=self._redact,
+        )
+
+    def pages(
+        self,
+        path: str,
+        params: Mapping[str, str | int],
+        auth: BearerAuth | None = None,
+    ) -> AsyncIterator[Page]:
+        """The pages of the cursor-paginated list at `path`, followed to a null cursor."""
+
+        async def fetch(cursor: str | None) -> object:
+            query = dict(params) if cursor is None else {**params, "cursor": cursor}
+            return (await self.send(Call("GET", path, params=query), auth)).body
+
+        return follow_cursor(fetch, api=self.api, method="GET", path=self._path(path))
+
+    def _path(self, path: str) -> str:
+        return self._client().build_request("GET", path).url.path
+
+    def contract_error(
+        self, what: str, method: str, path: str, status: int
+    ) -> ContractViolationError:
+        return ContractViolationError(
+            what, api=self.api, method=method, path=self._path(path), status=status
+        )
+
+
+REDACTED = "**********"
+
+
+def redactor(*secrets: Callable[[], str | None]) -> Callable[[str], str]:
+    """A function that blanks out the current value of each secret in a text (server error
+    messages and transport errors pass through it before reaching an exception or a log)."""
+
+    def redact(text: str) -> str:
+        for secret in secrets:
+            value = secret()
+            if value and value in text:
+                text = text.replace(value, REDACTED)
+        return text
+
+    return redact
