@@ -120,10 +120,9 @@ def run_date(
 
     load_settings().require_apis()
     _prepare_prefect()
-    from flows.daily_billing import daily_billing
-
     from bullphish_billing import reporting
     from bullphish_billing.errors import USER_FACING_ERRORS
+    from flows.daily_billing import daily_billing
 
     state = daily_billing(
         usage_date=usage_date, partner_ids=partners, dry_run=dry_run, return_state=True

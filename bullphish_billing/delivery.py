@@ -104,8 +104,15 @@ def plan(
                     VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, now(), ?)
                     ON CONFLICT DO NOTHING
                     """,
-                    [key, usage_date, partner_id, batch_no, orjson.dumps(payload).decode(),
-                     len(chunk), run_id],
+                    [
+                        key,
+                        usage_date,
+                        partner_id,
+                        batch_no,
+                        orjson.dumps(payload).decode(),
+                        len(chunk),
+                        run_id,
+                    ],
                 )
                 planned += 1
     return planned
@@ -171,8 +178,9 @@ async def send_pending(
                 report.errors[group] = str(exc)
                 report.pending[group] += len(batches) - position
                 return
-            _record_answer(con, key, payload, result.status, result.accepted,
-                           result.rejected, result.replayed)
+            _record_answer(
+                con, key, payload, result.status, result.accepted, result.rejected, result.replayed
+            )
             report.batches_sent += 1
             report.replays += int(result.replayed)
             report.sent[group] += len(payload["metrics"])
@@ -183,9 +191,7 @@ async def send_pending(
 
 
 def _mark_attempt(con: duckdb.DuckDBPyConnection, key: str) -> None:
-    con.execute(
-        "UPDATE ops.outbox SET attempts = attempts + 1 WHERE idempotency_key = ?", [key]
-    )
+    con.execute("UPDATE ops.outbox SET attempts = attempts + 1 WHERE idempotency_key = ?", [key])
 
 
 def _record_failure(con: duckdb.DuckDBPyConnection, key: str, exc: ApiError) -> None:

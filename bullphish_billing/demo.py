@@ -45,8 +45,17 @@ def start_prefect_server(home: Path, port: int, log_path: Path) -> subprocess.Po
     env.pop("PREFECT_API_URL", None)
     log = log_path.open("wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -37,7 +37,9 @@ class ExtractResult:
     error: str | None = None
 
 
-async def _batches(pages: AsyncIterator[Page]) -> AsyncIterator[tuple[list[Any], list[tuple[int, int]], int]]:
+async def _batches(
+    pages: AsyncIterator[Page],
+) -> AsyncIterator[tuple[list[Any], list[tuple[int, int]], int]]:
     """Regroup pages into batches of about BATCH_RECORDS: (records, positions, pages)."""
     records: list[Any] = []
     positions: list[tuple[int, int]] = []
@@ -94,7 +96,9 @@ async def extract_partner(
     lock = asyncio.Lock()
     try:
         await asyncio.gather(
-            _load_list(snapshot, ORGANIZATION, client.iter_organizations(partner_id, usage_date), lock),
+            _load_list(
+                snapshot, ORGANIZATION, client.iter_organizations(partner_id, usage_date), lock
+            ),
             _load_list(snapshot, TARGET, client.iter_targets(partner_id, usage_date), lock),
         )
     except ApiError as exc:

@@ -76,7 +76,9 @@ def combine(
             "subscription_type": decision.subscription_type,
         }
         if decision.decision != "billable":
-            outcomes.append(PartnerOutcome(**base, status=decision.decision, reason=decision.reason))
+            outcomes.append(
+                PartnerOutcome(**base, status=decision.decision, reason=decision.reason)
+            )
             continue
         extract = extracts.get(pid)
         if extract is None or extract.error:

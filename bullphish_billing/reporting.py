@@ -49,8 +49,11 @@ def issues_markdown(summary: RunSummary) -> str:
         lines += [f"- `{o.partner_id}`: {o.reason}" for o in chosen]
         lines.append("")
     if summary.still_pending:
-        lines += [f"## Pending delivery\n\n{summary.still_pending} batch(es) wait in the "
-                  "outbox; the next run sends them first.", ""]
+        lines += [
+            f"## Pending delivery\n\n{summary.still_pending} batch(es) wait in the "
+            "outbox; the next run sends them first.",
+            "",
+        ]
     lines += [f"- {note}" for note in summary.notes]
     if len(lines) == 2:
         lines.append("Nothing skipped, held, failed or rejected.")

@@ -95,7 +95,9 @@ def _one_of(*values: str | None) -> pa.Check:
     shown = ", ".join(repr(v) if v is not None else "null" for v in values)
     if None in values:
         return pa.Check(
-            lambda s: s.map(lambda v: v is None or v is MISSING or (type(v) is str and v in allowed)),
+            lambda s: s.map(
+                lambda v: v is None or v is MISSING or (type(v) is str and v in allowed)
+            ),
             name=f"not one of {shown}",
         )
     return pa.Check(
@@ -254,9 +256,7 @@ def project(entity: Entity, records: Sequence[Any]) -> pd.DataFrame:
     for column, path in entity.fields.items():
         if len(path) == 1:
             key = path[0]
-            values = [
-                r.get(key, MISSING) if isinstance(r, dict) else MISSING for r in records
-            ]
+            values = [r.get(key, MISSING) if isinstance(r, dict) else MISSING for r in records]
         else:
             values = [_get(r, path) for r in records]
         columns[column] = pd.Series(values, dtype=object)

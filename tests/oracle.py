@@ -25,7 +25,9 @@ MODULES = ("training_awareness", "phishing")
 def _validators() -> dict[str, Draft202012Validator]:
     spec = yaml.safe_load((CONTRACTS / "bullphish-id.openapi.yaml").read_text())
     schemas = spec["components"]["schemas"]
-    return {name: Draft202012Validator(schemas[name]) for name in ("Partner", "Organization", "Target")}
+    return {
+        name: Draft202012Validator(schemas[name]) for name in ("Partner", "Organization", "Target")
+    }
 
 
 VALIDATORS = _validators()
@@ -49,7 +51,9 @@ def _canon(record: Any) -> str:
     return json.dumps(record, sort_keys=True)
 
 
-def _split(kind: str, records: list[Any], extra_ok=lambda r: True) -> tuple[dict[str, dict], set[str], int]:
+def _split(
+    kind: str, records: list[Any], extra_ok=lambda r: True
+) -> tuple[dict[str, dict], set[str], int]:
     """(good records by id, ids with a bad or conflicting copy, quarantined copies)."""
     copies: dict[str, list[Any]] = {}
     anonymous_bad = 0
@@ -92,13 +96,13 @@ def expected_billing(world: Any, day: dt.date, threshold: float = 0.01) -> Expec
             continue
         out.billable.add(pid)
         orgs_raw, targets_raw = world.organizations(pid, day), world.targets(pid, day)
-        orgs, held_orgs, q_orgs = _split("Organization", orgs_raw,
-                                         lambda r, pid=pid: r["partner_id"] == pid)
+        orgs, held_orgs, q_orgs = _split(
+            "Organization", orgs_raw, lambda r, pid=pid: r["partner_id"] == pid
+        )
         targets, _, q_targets = _split("Target", targets_raw)
         known = set(orgs) | held_orgs
         unknown = [t for t in targets.values() if t["organization_id"] not in known]
-        q_targets += sum(1 for r in targets_raw
-                         if isinstance(r, dict) and r in unknown)
+        q_targets += sum(1 for r in targets_raw if isinstance(r, dict) and r in unknown)
         quarantined = q_orgs + q_targets
         if quarantined > threshold * (len(orgs_raw) + len(targets_raw)):
             out.held.add(pid)
@@ -113,7 +117,11 @@ def expected_billing(world: Any, day: dt.date, threshold: float = 0.01) -> Expec
                 continue
             for module in MODULES:
                 on = o["modules"][module]
-                units = (1 if on else 0) if sub == "per_organization" else (active.get(oid, 0) if on else 0)
+                units = (
+                    (1 if on else 0)
+                    if sub == "per_organization"
+                    else (active.get(oid, 0) if on else 0)
+                )
                 out.metrics[(pid, oid, f"bullphish_id.{module}.{sub}")] = units
     return out
 

@@ -18,14 +18,19 @@ def decisions(con):
 
 
 def test_rule1_only_partners_meeting_all_three_prerequisites_are_billed(con):
-    load(con, [
-        partner("p_ok"),
-        partner("p_off", activated=False),
-        partner("p_nopsa", psa=None),
-        partner("p_nologin", unified=False),
-        partner("p_bms", psa="bms"),
-        partner("p_none", activated=False, psa=None, unified=False),
-    ], {}, {})
+    load(
+        con,
+        [
+            partner("p_ok"),
+            partner("p_off", activated=False),
+            partner("p_nopsa", psa=None),
+            partner("p_nologin", unified=False),
+            partner("p_bms", psa="bms"),
+            partner("p_none", activated=False, psa=None, unified=False),
+        ],
+        {},
+        {},
+    )
     d = decisions(con)
     assert d["p_ok"].decision == "billable" and d["p_bms"].decision == "billable"
     assert d["p_off"].decision == "skipped" and "not activated" in d["p_off"].reason
@@ -39,26 +44,40 @@ def test_rule1_a_partner_with_a_bad_record_is_held_not_billed(con):
     load(con, [partner("p_ok"), bad, {"id": 7}], {}, {})
     d = decisions(con)
     assert d["p_bad"].decision == "held" and "subscription_type" in d["p_bad"].reason
-    assert ("partner", None, "id: does not match ^p_[A-Za-z0-9]{1,40}$; name: missing or null; "
-            "subscription_type: missing or null; kaseyaone_activated: missing or null; "
-            "psa: missing; unified_login_enabled: missing or null; updated_at: missing or null"
-            ) in quarantine(con)  # a record without a usable id is kept, with every reason
+    assert (
+        "partner",
+        None,
+        "id: does not match ^p_[A-Za-z0-9]{1,40}$; name: missing or null; "
+        "subscription_type: missing or null; kaseyaone_activated: missing or null; "
+        "psa: missing; unified_login_enabled: missing or null; updated_at: missing or null",
+    ) in quarantine(con)  # a record without a usable id is kept, with every reason
 
 
 def test_rule2_only_active_organizations_sub_organizations_on_their_own(con):
-    load(con, [partner("p_1", sub="per_organization")], {"p_1": [
-        org("o_a", "p_1"), org("o_arch", "p_1", status="archived"),
-        org("o_sub", "p_1", parent="o_a"),
-    ]}, {})
+    load(
+        con,
+        [partner("p_1", sub="per_organization")],
+        {
+            "p_1": [
+                org("o_a", "p_1"),
+                org("o_arch", "p_1", status="archived"),
+                org("o_sub", "p_1", parent="o_a"),
+            ]
+        },
+        {},
+    )
     evaluate(con, ["p_1"])
     billed = {o for o, _ in metrics(con, "p_1")}
     assert billed == {"o_a", "o_sub"}
 
 
 def test_rule3_per_organization_is_a_flat_one_or_zero_per_module(con):
-    load(con, [partner("p_1", sub="per_organization")], {"p_1": [
-        org("o_a", "p_1", ta=True, ph=False)]},
-        {"p_1": [target(f"t_{i}", "o_a") for i in range(5)]})
+    load(
+        con,
+        [partner("p_1", sub="per_organization")],
+        {"p_1": [org("o_a", "p_1", ta=True, ph=False)]},
+        {"p_1": [target(f"t_{i}", "o_a") for i in range(5)]},
+    )
     evaluate(con, ["p_1"])
     assert metrics(con, "p_1") == {
         ("o_a", PO.format("training_awareness")): 1,
@@ -67,10 +86,19 @@ def test_rule3_per_organization_is_a_flat_one_or_zero_per_module(con):
 
 
 def test_rule4_per_user_counts_active_targets_of_enabled_modules(con):
-    load(con, [partner("p_1")], {"p_1": [org("o_a", "p_1", ta=True, ph=False),
-                                         org("o_b", "p_1")]},
-         {"p_1": [target("t_1", "o_a"), target("t_2", "o_a"), target("t_3", "o_a", "inactive"),
-                  target("t_4", "o_b", "inactive")]})
+    load(
+        con,
+        [partner("p_1")],
+        {"p_1": [org("o_a", "p_1", ta=True, ph=False), org("o_b", "p_1")]},
+        {
+            "p_1": [
+                target("t_1", "o_a"),
+                target("t_2", "o_a"),
+                target("t_3", "o_a", "inactive"),
+                target("t_4", "o_b", "inactive"),
+            ]
+        },
+    )
     evaluate(con, ["p_1"])
     assert metrics(con, "p_1") == {
         ("o_a", PU.format("training_awareness")): 2,
@@ -81,20 +109,31 @@ def test_rule4_per_user_counts_active_targets_of_enabled_modules(con):
 
 
 def test_rule5_every_billed_organization_gets_both_metrics_zeros_included(con):
-    load(con, [partner("p_1"), partner("p_2", sub="per_organization")],
-         {"p_1": [org("o_off", "p_1", ta=False, ph=False)],
-          "p_2": [org("o_off2", "p_2", ta=False, ph=False)]}, {})
+    load(
+        con,
+        [partner("p_1"), partner("p_2", sub="per_organization")],
+        {
+            "p_1": [org("o_off", "p_1", ta=False, ph=False)],
+            "p_2": [org("o_off2", "p_2", ta=False, ph=False)],
+        },
+        {},
+    )
     evaluate(con, ["p_1", "p_2"])
-    assert metrics(con, "p_1") == {("o_off", PU.format(m)): 0
-                                   for m in ("training_awareness", "phishing")}
-    assert metrics(con, "p_2") == {("o_off2", PO.format(m)): 0
-                                   for m in ("training_awareness", "phishing")}
+    assert metrics(con, "p_1") == {
+        ("o_off", PU.format(m)): 0 for m in ("training_awareness", "phishing")
+    }
+    assert metrics(con, "p_2") == {
+        ("o_off2", PO.format(m)): 0 for m in ("training_awareness", "phishing")
+    }
 
 
 def test_rule6_archived_targets_not_counted_unknown_organization_quarantined(con):
-    load(con, [partner("p_1")],
-         {"p_1": [org("o_a", "p_1"), org("o_arch", "p_1", status="archived")]},
-         {"p_1": [target("t_1", "o_a"), target("t_2", "o_arch"), target("t_3", "o_nowhere")]})
+    load(
+        con,
+        [partner("p_1")],
+        {"p_1": [org("o_a", "p_1"), org("o_arch", "p_1", status="archived")]},
+        {"p_1": [target("t_1", "o_a"), target("t_2", "o_arch"), target("t_3", "o_nowhere")]},
+    )
     ev = evaluate(con, ["p_1"])["p_1"]
     assert metrics(con, "p_1")[("o_a", PU.format("phishing"))] == 1
     assert quarantine(con, "p_1") == [("target", "t_3", UNKNOWN_ORGANIZATION)]
@@ -102,10 +141,20 @@ def test_rule6_archived_targets_not_counted_unknown_organization_quarantined(con
 
 
 def test_rule7_bad_records_quarantined_with_reason_and_not_counted(con):
-    load(con, [partner("p_1")], {"p_1": [org("o_a", "p_1")]},
-         {"p_1": [target("t_1", "o_a"), target("t_2", "o_a", status="deleted"),
-                  target("t_3", "o_a", updated_at=12), "not a record",
-                  {k: v for k, v in target("t_4", "o_a").items() if k != "email"}]})
+    load(
+        con,
+        [partner("p_1")],
+        {"p_1": [org("o_a", "p_1")]},
+        {
+            "p_1": [
+                target("t_1", "o_a"),
+                target("t_2", "o_a", status="deleted"),
+                target("t_3", "o_a", updated_at=12),
+                "not a record",
+                {k: v for k, v in target("t_4", "o_a").items() if k != "email"},
+            ]
+        },
+    )
     evaluate(con, ["p_1"])
     assert metrics(con, "p_1")[("o_a", PU.format("phishing"))] == 1
     reasons = {rid: reason for _, rid, reason in quarantine(con, "p_1")}
@@ -116,10 +165,21 @@ def test_rule7_bad_records_quarantined_with_reason_and_not_counted(con):
 
 
 def test_rule7_exact_duplicates_collapse_conflicting_duplicates_quarantine_every_copy(con):
-    load(con, [partner("p_1")], {"p_1": [org("o_a", "p_1")]},
-         {"p_1": [target("t_1", "o_a"), target("t_1", "o_a"),          # exact: counts once
-                  target("t_2", "o_a"), target("t_2", "o_a", "inactive"),  # conflict
-                  target("t_3", "o_a"), target("t_3", "o_a", status=5)]})  # conflict (one bad)
+    load(
+        con,
+        [partner("p_1")],
+        {"p_1": [org("o_a", "p_1")]},
+        {
+            "p_1": [
+                target("t_1", "o_a"),
+                target("t_1", "o_a"),  # exact: counts once
+                target("t_2", "o_a"),
+                target("t_2", "o_a", "inactive"),  # conflict
+                target("t_3", "o_a"),
+                target("t_3", "o_a", status=5),
+            ]
+        },
+    )  # conflict (one bad)
     evaluate(con, ["p_1"])
     assert metrics(con, "p_1")[("o_a", PU.format("phishing"))] == 1
     q = quarantine(con, "p_1")
@@ -129,9 +189,12 @@ def test_rule7_exact_duplicates_collapse_conflicting_duplicates_quarantine_every
 
 
 def test_rule7_an_organization_with_a_bad_record_is_held_its_targets_untouched(con):
-    load(con, [partner("p_1")],
-         {"p_1": [org("o_a", "p_1"), org("o_bad", "p_1", status="frozen")]},
-         {"p_1": [target("t_1", "o_a"), target("t_2", "o_bad"), target("t_3", "o_bad")]})
+    load(
+        con,
+        [partner("p_1")],
+        {"p_1": [org("o_a", "p_1"), org("o_bad", "p_1", status="frozen")]},
+        {"p_1": [target("t_1", "o_a"), target("t_2", "o_bad"), target("t_3", "o_bad")]},
+    )
     ev = evaluate(con, ["p_1"])["p_1"]
     assert {o for o, _ in metrics(con, "p_1")} == {"o_a"}
     q = quarantine(con, "p_1")
@@ -145,8 +208,12 @@ def test_rule7_more_than_the_threshold_quarantined_holds_the_partner_date(con):
     load(con, [partner("p_1")], {"p_1": orgs}, {"p_1": [*good, target("t_x", "o_a", status=0)]})
     ev = evaluate(con, ["p_1"], threshold=0.01)["p_1"]  # 1 of 100 records: not above 1%
     assert not ev.held and ev.records_received == 100
-    load(con, [partner("p_1")], {"p_1": orgs},
-         {"p_1": [*good, target("t_x", "o_a", status=0), target("t_y", "o_a", status=0)]})
+    load(
+        con,
+        [partner("p_1")],
+        {"p_1": orgs},
+        {"p_1": [*good, target("t_x", "o_a", status=0), target("t_y", "o_a", status=0)]},
+    )
     ev = evaluate(con, ["p_1"], threshold=0.01)["p_1"]  # 2 of 101: above
     assert ev.held and "threshold" in ev.reason
     ev = evaluate(con, ["p_1"], threshold=0.05)["p_1"]  # configurable
@@ -157,27 +224,40 @@ def test_rule7_a_held_partner_date_keeps_no_new_metrics(con):
     load(con, [partner("p_1")], {"p_1": [org("o_a", "p_1")]}, {"p_1": [target("t_1", "o_a")]})
     evaluate(con, ["p_1"])
     before = metrics(con, "p_1")
-    load(con, [partner("p_1")], {"p_1": [org("o_a", "p_1")]},
-         {"p_1": [target("t_1", "o_a"), target("t_2", "o_a"), target("t_3", "o_a", status=0)]})
+    load(
+        con,
+        [partner("p_1")],
+        {"p_1": [org("o_a", "p_1")]},
+        {"p_1": [target("t_1", "o_a"), target("t_2", "o_a"), target("t_3", "o_a", status=0)]},
+    )
     assert evaluate(con, ["p_1"], threshold=0.01)["p_1"].held
     assert metrics(con, "p_1") == before
 
 
 def test_re_evaluating_is_idempotent(con):
-    load(con, [partner("p_1")], {"p_1": [org("o_a", "p_1")]},
-         {"p_1": [target("t_1", "o_a"), target("t_2", "o_zz"), target("t_2", "o_zz")]})
+    load(
+        con,
+        [partner("p_1")],
+        {"p_1": [org("o_a", "p_1")]},
+        {"p_1": [target("t_1", "o_a"), target("t_2", "o_zz"), target("t_2", "o_zz")]},
+    )
     first = evaluate(con, ["p_1"])
     q1 = quarantine(con)
     assert evaluate(con, ["p_1"]) == first and quarantine(con) == q1
 
 
 def test_no_personal_data_reaches_the_warehouse(con):
-    load(con, [partner("p_1")], {"p_1": [org("o_a", "p_1")]},
-         {"p_1": [target("t_1", "o_a"), target("t_2", "o_a", status="x")]})
+    load(
+        con,
+        [partner("p_1")],
+        {"p_1": [org("o_a", "p_1")]},
+        {"p_1": [target("t_1", "o_a"), target("t_2", "o_a", status="x")]},
+    )
     evaluate(con, ["p_1"])
     for (table,) in con.execute(
-            "SELECT schema_name || '.' || table_name FROM duckdb_tables() "
-            "WHERE database_name = current_database()").fetchall():
+        "SELECT schema_name || '.' || table_name FROM duckdb_tables() "
+        "WHERE database_name = current_database()"
+    ).fetchall():
         text = con.execute(f"SELECT * FROM {table}").fetchall()
         assert "@example.test" not in repr(text) and "Ann" not in repr(text), table
 
@@ -190,5 +270,6 @@ def test_every_table_and_column_is_commented(con):
     assert missing == []
     tables = con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
-        "AND (comment IS NULL OR comment = '')").fetchall()
+        "AND (comment IS NULL OR comment = '')"
+    ).fetchall()
     assert tables == []

@@ -24,13 +24,20 @@ SECRETS = SandboxConfig(
 def cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "bullphish_billing", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=240,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
 
 
 def bare_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("BULLPHISH_", "KASEYAONE_", "BILLING_", "PREFECT_API"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BULLPHISH_", "KASEYAONE_", "BILLING_", "PREFECT_API"))
+    }
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
     return env
 

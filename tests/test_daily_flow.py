@@ -133,8 +133,10 @@ def test_a_crash_between_send_and_record_is_delivered_once_by_the_next_run(
         assert fresh_posts(sandbox) == 0
         settings = load_settings()
         with open_warehouse(warehouse_path) as con:
-            pids = [r[0] for r in con.execute(
-                "SELECT DISTINCT partner_id FROM billing_metrics").fetchall()]
+            pids = [
+                r[0]
+                for r in con.execute("SELECT DISTINCT partner_id FROM billing_metrics").fetchall()
+            ]
             assert delivery.plan(con, day, pids, "crashed-run") > 0
             pending = delivery.pending_batches(con)
 

@@ -31,9 +31,7 @@ class RawSnapshot:
         self._cur.execute("BEGIN TRANSACTION")
         key = [usage_date, partner_id]
         for table in ("raw.organizations", "raw.targets", "ops.extractions"):
-            self._cur.execute(
-                f"DELETE FROM {table} WHERE usage_date = ? AND partner_id = ?", key
-            )
+            self._cur.execute(f"DELETE FROM {table} WHERE usage_date = ? AND partner_id = ?", key)
         self._cur.execute(
             "DELETE FROM ops.quarantine WHERE usage_date = ? AND partner_id = ? "
             "AND entity <> 'partner'",

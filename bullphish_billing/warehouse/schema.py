@@ -122,7 +122,11 @@ TABLES: tuple[Table, ...] = (
         (
             USAGE_DATE,
             PARTNER_ID,
-            _c("organizations_received", "BIGINT", "Organization records received, bad ones included."),
+            _c(
+                "organizations_received",
+                "BIGINT",
+                "Organization records received, bad ones included.",
+            ),
             _c("targets_received", "BIGINT", "Target records received, bad ones included."),
             _c("pages", "INTEGER", "API pages fetched for the partner."),
             _c("extracted_at", "TIMESTAMPTZ", "When the extract was committed."),
@@ -136,12 +140,20 @@ TABLES: tuple[Table, ...] = (
         "rules 6-7). Records are identified by id (when the id itself is valid) and position.",
         (
             USAGE_DATE,
-            _c("partner_id", "VARCHAR", "Partner the record belongs to (NULL for a partner record whose id is bad)."),
+            _c(
+                "partner_id",
+                "VARCHAR",
+                "Partner the record belongs to (NULL for a partner record whose id is bad).",
+            ),
             _c("entity", "VARCHAR NOT NULL", "partner, organization or target."),
             _c("record_id", "VARCHAR", "The record's id, if it is a well-formed id; else NULL."),
             PAGE_NO,
             PAGE_ROW,
-            _c("stage", "VARCHAR NOT NULL", "record (failed per-record validation) or set (duplicate, unknown organization)."),
+            _c(
+                "stage",
+                "VARCHAR NOT NULL",
+                "record (failed per-record validation) or set (duplicate, unknown organization).",
+            ),
             _c("reason", "VARCHAR NOT NULL", "Why the record was quarantined."),
             RUN_ID,
             _c("recorded_at", "TIMESTAMPTZ NOT NULL", "When the quarantine row was written."),
@@ -151,7 +163,11 @@ TABLES: tuple[Table, ...] = (
         "ops.runs",
         "One row per run of the daily flow (one usage date).",
         (
-            _c("run_id", "VARCHAR NOT NULL", "Run id (the Prefect flow run id when run by Prefect)."),
+            _c(
+                "run_id",
+                "VARCHAR NOT NULL",
+                "Run id (the Prefect flow run id when run by Prefect).",
+            ),
             USAGE_DATE,
             _c("dry_run", "BOOLEAN NOT NULL", "True if nothing was to be sent."),
             _c("started_at", "TIMESTAMPTZ NOT NULL", "Run start."),
@@ -170,15 +186,27 @@ TABLES: tuple[Table, ...] = (
             USAGE_DATE,
             PARTNER_ID,
             _c("subscription_type", "VARCHAR", "per_organization or per_user (NULL if unknown)."),
-            _c("status", "VARCHAR NOT NULL", "delivered, partial, skipped, held, failed or dry_run."),
+            _c(
+                "status",
+                "VARCHAR NOT NULL",
+                "delivered, partial, skipped, held, failed or dry_run.",
+            ),
             _c("reason", "VARCHAR", "Why skipped, held or failed; NULL when delivered."),
             _c("organizations_billed", "INTEGER", "Organizations with metrics computed."),
-            _c("organizations_held", "INTEGER", "Organizations held because their own record is bad."),
+            _c(
+                "organizations_held",
+                "INTEGER",
+                "Organizations held because their own record is bad.",
+            ),
             _c("records_received", "BIGINT", "Organization and target records received."),
             _c("records_quarantined", "BIGINT", "Of those, quarantined."),
             _c("metrics_computed", "INTEGER", "Metrics computed for the partner-date."),
             _c("metrics_sent", "INTEGER", "Metrics sent to KaseyaOne by this run."),
-            _c("metrics_rejected", "INTEGER", "Current metrics that KaseyaOne rejected (this run or earlier)."),
+            _c(
+                "metrics_rejected",
+                "INTEGER",
+                "Current metrics that KaseyaOne rejected (this run or earlier).",
+            ),
             _c("finished_at", "TIMESTAMPTZ NOT NULL", "When the outcome was recorded."),
         ),
         ("run_id", "usage_date", "partner_id"),
@@ -192,9 +220,19 @@ TABLES: tuple[Table, ...] = (
             USAGE_DATE,
             PARTNER_ID,
             _c("organization_id", "VARCHAR NOT NULL", "BullPhish ID organization id."),
-            _c("billing_type", "VARCHAR NOT NULL", "bullphish_id.<module>.<per_organization|per_user>."),
-            _c("units", "BIGINT NOT NULL", "0/1 for per_organization, active targets for per_user."),
-            _c("subscription_type", "VARCHAR NOT NULL", "The partner's subscription as of the date."),
+            _c(
+                "billing_type",
+                "VARCHAR NOT NULL",
+                "bullphish_id.<module>.<per_organization|per_user>.",
+            ),
+            _c(
+                "units", "BIGINT NOT NULL", "0/1 for per_organization, active targets for per_user."
+            ),
+            _c(
+                "subscription_type",
+                "VARCHAR NOT NULL",
+                "The partner's subscription as of the date.",
+            ),
             RUN_ID,
             _c("computed_at", "TIMESTAMPTZ NOT NULL", "When the metric was computed."),
         ),
@@ -205,10 +243,18 @@ TABLES: tuple[Table, ...] = (
         "Every batch of metrics to send to KaseyaOne, written before it is sent: pending until "
         "KaseyaOne answers, so that a crash re-sends the same Idempotency-Key (a replay).",
         (
-            _c("idempotency_key", "VARCHAR NOT NULL", "The Idempotency-Key, derived from the content."),
+            _c(
+                "idempotency_key",
+                "VARCHAR NOT NULL",
+                "The Idempotency-Key, derived from the content.",
+            ),
             USAGE_DATE,
             PARTNER_ID,
-            _c("batch_no", "INTEGER NOT NULL", "0-based batch number within the partner-date's send."),
+            _c(
+                "batch_no",
+                "INTEGER NOT NULL",
+                "0-based batch number within the partner-date's send.",
+            ),
             _c("payload", "JSON NOT NULL", "The UsageBatch body (ids and numbers only)."),
             _c("metrics", "INTEGER NOT NULL", "Number of metrics in the batch."),
             _c("status", "VARCHAR NOT NULL", "pending, acknowledged or failed."),
@@ -251,7 +297,11 @@ TABLES: tuple[Table, ...] = (
             _c("organization_id", "VARCHAR NOT NULL", "Organization id."),
             _c("billing_type", "VARCHAR NOT NULL", "Billing type."),
             _c("units", "BIGINT NOT NULL", "Units sent."),
-            _c("accepted", "BOOLEAN NOT NULL", "True if KaseyaOne stored them, false if it rejected them."),
+            _c(
+                "accepted",
+                "BOOLEAN NOT NULL",
+                "True if KaseyaOne stored them, false if it rejected them.",
+            ),
             _c("rejected_reason", "VARCHAR", "KaseyaOne's reason, for a rejected metric."),
             _c("idempotency_key", "VARCHAR NOT NULL", "The batch that sent them."),
             _c("acknowledged_at", "TIMESTAMPTZ NOT NULL", "When KaseyaOne's answer was recorded."),
@@ -286,9 +336,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
             con.execute(table.ddl())
             con.execute(f"COMMENT ON TABLE {table.name} IS {_quote(table.comment)}")
             for col in table.columns:
-                con.execute(
-                    f"COMMENT ON COLUMN {table.name}.{col.name} IS {_quote(col.comment)}"
-                )
+                con.execute(f"COMMENT ON COLUMN {table.name}.{col.name} IS {_quote(col.comment)}")
         con.execute("INSERT INTO ops.schema_version VALUES (?, now())", [SCHEMA_VERSION])
         con.execute("COMMIT")
     except Exception:
