@@ -134,6 +134,6 @@ def test_demo_works_with_no_configuration(tmp_path):
     result = cli(["demo"], bare_env(tmp_path), tmp_path)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
-    assert "Traceback" not in out
+    assert "Traceback" not in out and "| ERROR" not in out
     assert "KaseyaOne's sandbox now holds" in out and "prefect server start" in out
     assert (tmp_path / "data" / "demo" / "warehouse.duckdb").exists()

@@ -58,6 +58,23 @@ def fresh_posts(sandbox: RunningSandbox) -> int:
     return len(sandbox.kaseyaone.sends())
 
 
+def assert_no_personal_data(path) -> None:
+    """Rule 10: no email-shaped value in any text column of any table."""
+    with duckdb.connect(str(path), read_only=True) as con:
+        columns = con.execute(
+            "SELECT schema_name, table_name, column_name FROM duckdb_columns() "
+            "WHERE database_name = current_database() "
+            "AND (data_type = 'VARCHAR' OR data_type = 'JSON')"
+        ).fetchall()
+        assert columns
+        for schema, table, column in columns:
+            hits = con.execute(
+                f'SELECT count(*) FROM {schema}.{table} '
+                f"WHERE regexp_matches(\"{column}\"::VARCHAR, '[^@\\s]+@[^@\\s]+\\.[a-z]+')"
+            ).fetchall()[0][0]
+            assert hits == 0, f"{schema}.{table}.{column} holds email-shaped values"
+
+
 def run(day: dt.date, **kwargs):
     from flows.daily_billing import daily_billing
 
@@ -87,6 +104,7 @@ def test_faulty_sandbox_delivers_exactly_what_its_data_implies(configure, wareho
         assert computed == expected.metrics
         # the unlinked partner and the unknown organization make the run end with exit 1
         assert summary.exit_code == 1
+        assert_no_personal_data(warehouse_path)
         assert statuses["p_0007"] == "failed" and statuses["p_0008"] == "partial"
 
 
