@@ -49,6 +49,7 @@ class Evaluation:
     records_received: int
     records_quarantined: int
     metrics_computed: int
+    metrics_held: int  # metrics not computed because their organization or partner-date is held
 
 
 def decide_partners(
@@ -227,19 +228,27 @@ def evaluate(
                 WHERE usage_date = $d AND list_contains($p, partner_id) AND entity <> 'partner'
                 GROUP BY partner_id
             )
+            , active AS (
+                SELECT partner_id, count(DISTINCT id) AS n FROM raw.organizations
+                WHERE usage_date = $d AND list_contains($p, partner_id) AND status = 'active'
+                GROUP BY partner_id
+            )
             SELECT e.partner_id,
                    e.organizations_received + e.targets_received AS received,
                    coalesce(q.n, 0) AS quarantined,
-                   coalesce(q.orgs_held, 0) AS orgs_held
-            FROM ops.extractions e LEFT JOIN quarantined q USING (partner_id)
+                   coalesce(q.orgs_held, 0) AS orgs_held,
+                   coalesce(a.n, 0) AS active_orgs
+            FROM ops.extractions e
+            LEFT JOIN quarantined q USING (partner_id)
+            LEFT JOIN active a USING (partner_id)
             WHERE e.usage_date = $d AND list_contains($p, e.partner_id)
             """,
             {"d": usage_date, "p": partner_ids},
         )
         held: dict[str, str] = {}
-        counts: dict[str, tuple[int, int, int]] = {}
-        for partner_id, received, quarantined, orgs_held in stats:
-            counts[partner_id] = (received, quarantined, orgs_held)
+        counts: dict[str, tuple[int, int, int, int]] = {}
+        for partner_id, received, quarantined, orgs_held, active_orgs in stats:
+            counts[partner_id] = (received, quarantined, orgs_held, active_orgs)
             if quarantined > hold_threshold * received:
                 share = quarantined / received if received else 1.0
                 held[partner_id] = (
@@ -272,8 +281,13 @@ def evaluate(
     for partner_id in partner_ids:
         if partner_id not in counts:
             continue
-        received, quarantined, orgs_held = counts[partner_id]
+        received, quarantined, orgs_held, active_orgs = counts[partner_id]
         _, _, orgs_billed, metrics = computed.get(partner_id, (None, None, 0, 0))
+        per_org = len(MODULES)
+        if partner_id in held:  # nothing computed: every organization's metrics are held
+            metrics_held = per_org * (active_orgs + orgs_held)
+        else:
+            metrics_held = per_org * orgs_held
         result[partner_id] = Evaluation(
             partner_id=partner_id,
             subscription_type=subscriptions.get(partner_id),
@@ -284,6 +298,7 @@ def evaluate(
             records_received=received,
             records_quarantined=quarantined,
             metrics_computed=metrics,
+            metrics_held=metrics_held,
         )
     return result
 

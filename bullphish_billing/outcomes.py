@@ -29,6 +29,7 @@ class PartnerOutcome:
     records_received: int = 0
     records_quarantined: int = 0
     metrics_computed: int = 0
+    metrics_held: int = 0
     metrics_sent: int = 0
     metrics_rejected: int = 0
 
@@ -92,6 +93,7 @@ def combine(
             "records_received": ev.records_received,
             "records_quarantined": ev.records_quarantined,
             "metrics_computed": ev.metrics_computed,
+            "metrics_held": ev.metrics_held,
         }
         if ev.held:
             outcomes.append(PartnerOutcome(**base, status="held", reason=ev.reason, **numbers))
@@ -139,7 +141,8 @@ def record(con: duckdb.DuckDBPyConnection, summary: RunSummary) -> None:
                 INSERT INTO ops.partner_runs
                 SELECT ?, usage_date, partner_id, subscription_type, status, reason,
                        organizations_billed, organizations_held, records_received,
-                       records_quarantined, metrics_computed, metrics_sent, metrics_rejected,
+                       records_quarantined, metrics_computed, metrics_held, metrics_sent,
+                       metrics_rejected,
                        now()
                 FROM outcomes
                 """,

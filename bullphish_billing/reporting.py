@@ -16,6 +16,7 @@ ARTIFACT_COLUMNS = (
     "organizations_billed",
     "organizations_held",
     "metrics_computed",
+    "metrics_held",
     "metrics_sent",
     "metrics_rejected",
     "records_quarantined",
@@ -89,6 +90,7 @@ def unattributed_quarantine(con: duckdb.DuckDBPyConnection, usage_date: dt.date)
 def terminal_table(summary: RunSummary) -> str:
     """A plain-text table of the outcomes for the terminal."""
     header = ("partner", "subscription", "status", "orgs", "held", "sent", "rej", "quar", "reason")
+    # held: organizations held for a bad record of their own
     rows = [
         (
             o.partner_id,

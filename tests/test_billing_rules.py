@@ -200,6 +200,7 @@ def test_rule7_an_organization_with_a_bad_record_is_held_its_targets_untouched(c
     q = quarantine(con, "p_1")
     assert [r[:2] for r in q] == [("organization", "o_bad")]  # the targets are not quarantined
     assert ev.organizations_held == 1 and not ev.held
+    assert ev.metrics_held == 2 and ev.metrics_computed == 2
 
 
 def test_rule7_more_than_the_threshold_quarantined_holds_the_partner_date(con):
@@ -216,6 +217,7 @@ def test_rule7_more_than_the_threshold_quarantined_holds_the_partner_date(con):
     )
     ev = evaluate(con, ["p_1"], threshold=0.01)["p_1"]  # 2 of 101: above
     assert ev.held and "threshold" in ev.reason
+    assert ev.metrics_held == 2 and ev.metrics_computed == 0
     ev = evaluate(con, ["p_1"], threshold=0.05)["p_1"]  # configurable
     assert not ev.held
 

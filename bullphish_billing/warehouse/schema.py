@@ -201,6 +201,7 @@ TABLES: tuple[Table, ...] = (
             _c("records_received", "BIGINT", "Organization and target records received."),
             _c("records_quarantined", "BIGINT", "Of those, quarantined."),
             _c("metrics_computed", "INTEGER", "Metrics computed for the partner-date."),
+            _c("metrics_held", "INTEGER", "Metrics not computed because their organization or the whole partner-date is held."),
             _c("metrics_sent", "INTEGER", "Metrics sent to KaseyaOne by this run."),
             _c(
                 "metrics_rejected",
