@@ -1,0 +1,1 @@
+"""The benchmark of bullphish-billing (`make bench`): see bench/README.md."""

@@ -1,0 +1,41 @@
+"""Run the daily flow once, in this (child) process, and write what it cost as JSON.
+
+Usage: python -m bench.flow_child DATE OUT.json  (configuration from the environment)
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+
+def main() -> None:
+    day, out = sys.argv[1], sys.argv[2]
+    start = time.perf_counter()
+    import datetime as dt
+
+    from flows.daily_billing import daily_billing
+
+    imported = time.perf_counter()
+    state = daily_billing(usage_date=dt.date.fromisoformat(day), return_state=True)
+    summary = state.result()
+    end = time.perf_counter()
+    with open(out, "w") as handle:
+        json.dump(
+            {
+                "flow_run_id": summary.run_id,
+                "exit_code": summary.exit_code,
+                "import_seconds": imported - start,
+                "flow_seconds": end - imported,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "metrics": sum(o.metrics_computed for o in summary.outcomes),
+                "records": sum(o.records_received for o in summary.outcomes),
+            },
+            handle,
+        )
+
+
+if __name__ == "__main__":
+    main()

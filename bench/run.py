@@ -1,0 +1,334 @@
+"""`make bench`: how fast the daily flow runs against the sandbox, against the floors measured
+in the same run. Prints ratios and writes every figure to a JSON file.
+
+Measured, in one run, on one machine:
+- the fetch floor: the same pages pulled and decoded by a bare httpx client with the flow's
+  access pattern (bench/fetch_floor.py);
+- the daily flow, in a child process against a local `prefect server start`: end-to-end wall
+  time, each stage (from Prefect's task runs), peak RSS;
+- the DuckDB floor: the one GROUP BY that computes the per-user counts over the raw table;
+- the command's cold start (`bullphish-billing --help`, importing the flow);
+- optionally dlt's rest_api source on the same sandbox, at a smaller scale, against the flow
+  at that same scale (the `bench` extra: pip install -e '.[bench]').
+The sandbox runs in its own process; its CPU time is reported so it can be seen not to be
+the bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import httpx
+
+from bench.fetch_floor import fetch_floor
+from bench.scales import SCALES, Scale
+from bullphish_billing.demo import free_port, start_prefect_server, stop, wait_healthy
+
+TOKEN = "sandbox-bullphish-token"
+CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"
+STAGES = ("list-partners", "deliver-pending", "extract", "evaluate", "deliver", "publish")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Sandbox:
+    """The sandbox in a child process, at a scale."""
+
+    def __init__(self, scale: Scale) -> None:
+        self.bullphish_port, self.kaseyaone_port = free_port(0), free_port(0)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bullphish_billing",
+                "sandbox",
+                "--partners",
+                str(scale.partners),
+                "--organizations-per-partner",
+                str(scale.organizations_per_partner),
+                "--targets-per-organization",
+                str(scale.targets_per_organization),
+                "--bullphish-port",
+                str(self.bullphish_port),
+                "--kaseyaone-port",
+                str(self.kaseyaone_port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        self.bullphish_url = f"http://127.0.0.1:{self.bullphish_port}"
+        self.kaseyaone_url = f"http://127.0.0.1:{self.kaseyaone_port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(
+                    f"{self.bullphish_url}/v1/partners",
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                    timeout=2,
+                )
+                return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("the sandbox did not start")
+
+    def cpu(self) -> float:
+        return _cpu_seconds(self.process.pid)
+
+    def close(self) -> None:
+        stop(self.process)
+
+
+def _env(sandbox: Sandbox, api_url: str, prefect_home: Path, warehouse: Path) -> dict[str, str]:
+    return os.environ | {
+        "PREFECT_API_URL": api_url,
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "BULLPHISH_API_URL": sandbox.bullphish_url,
+        "BULLPHISH_API_TOKEN": TOKEN,
+        "KASEYAONE_API_URL": sandbox.kaseyaone_url,
+        "KASEYAONE_CLIENT_ID": CLIENT_ID,
+        "KASEYAONE_CLIENT_SECRET": CLIENT_SECRET,
+        "BILLING_WAREHOUSE": str(warehouse),
+    }
+
+
+def _stage_seconds(api_url: str, flow_run_id: str) -> dict[str, float]:
+    response = httpx.post(
+        f"{api_url}/task_runs/filter",
+        json={"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200},
+        timeout=30,
+    )
+    response.raise_for_status()
+    stages: dict[str, float] = {}
+    for run in response.json():
+        stage = next(
+            (s for s in sorted(STAGES, key=len, reverse=True) if run["name"].startswith(s)),
+            run["name"],
+        )
+        stages[stage] = stages.get(stage, 0.0) + float(run.get("total_run_time") or 0.0)
+    return stages
+
+
+def run_flow(sandbox: Sandbox, api_url: str, home: Path, work: Path, day: dt.date) -> dict:
+    warehouse = work / f"warehouse-{sandbox.bullphish_port}.duckdb"
+    out = work / f"flow-{sandbox.bullphish_port}.json"
+    cpu_before = sandbox.cpu()
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "bench.flow_child", day.isoformat(), str(out)],
+        env=_env(sandbox, api_url, home, warehouse),
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    wall = time.perf_counter() - start
+    result = json.loads(out.read_text())
+    result["wall_seconds"] = wall
+    result["sandbox_cpu_seconds"] = sandbox.cpu() - cpu_before
+    result["stages"] = _stage_seconds(api_url, result["flow_run_id"])
+    result["warehouse"] = str(warehouse)
+    return result
+
+
+def duckdb_floor(warehouse: str, day: dt.date, repeat: int = 3) -> float:
+    """The one GROUP BY that yields the per-user counts, over the raw table."""
+    best = float("inf")
+    with duckdb.connect(warehouse, read_only=True) as con:
+        for _ in range(repeat):
+            start = time.perf_counter()
+            con.execute(
+                "SELECT partner_id, organization_id, count(DISTINCT id) FILTER (status = 'active') "
+                "FROM raw.targets WHERE usage_date = ? GROUP BY ALL",
+                [day],
+            ).fetchall()
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def cold_start(repeat: int = 3) -> dict[str, float]:
+    def best(cmd: list[str]) -> float:
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return {
+        "cli_help_seconds": best([sys.executable, "-m", "bullphish_billing", "--help"]),
+        "import_flow_seconds": best([sys.executable, "-c", "import flows.daily_billing"]),
+    }
+
+
+def run_dlt(sandbox: Sandbox, work: Path, day: dt.date) -> dict | None:
+    try:
+        import dlt  # noqa: F401
+    except ImportError:
+        return None
+    out = work / "dlt.json"
+    cpu_before = sandbox.cpu()
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.dlt_child",
+            sandbox.bullphish_url,
+            TOKEN,
+            day.isoformat(),
+            str(work / "dlt.duckdb"),
+            str(out),
+        ],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=os.environ | {"RUNTIME__LOG_LEVEL": "WARNING"},
+    )
+    result = json.loads(out.read_text())
+    result["wall_seconds"] = time.perf_counter() - start
+    result["sandbox_cpu_seconds"] = sandbox.cpu() - cpu_before
+    return result
+
+
+def benchmark(scale: Scale, dlt_scale: Scale | None, work: Path) -> dict:
+    day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    home = work / "prefect-home"
+    port = free_port(0)
+    api_url = f"http://127.0.0.1:{port}/api"
+    server = start_prefect_server(home, port, work / "prefect-server.log")
+    results: dict = {
+        "scale": scale.__dict__ | {"targets": scale.targets},
+        "usage_date": day.isoformat(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+    }
+    try:
+        wait_healthy(api_url, server, 120)
+        sandbox = Sandbox(scale)
+        try:
+            warm = fetch_floor(sandbox.bullphish_url, TOKEN, day)  # fills the sandbox's cache
+            cpu_before = sandbox.cpu()
+            floor = fetch_floor(sandbox.bullphish_url, TOKEN, day)
+            floor["sandbox_cpu_seconds"] = sandbox.cpu() - cpu_before
+            floor["first_pass_seconds"] = warm["seconds"]
+            results["fetch_floor"] = floor
+            results["flow"] = run_flow(sandbox, api_url, home, work, day)
+        finally:
+            sandbox.close()
+        results["duckdb_floor_seconds"] = duckdb_floor(results["flow"]["warehouse"], day)
+        results["cold_start"] = cold_start()
+        if dlt_scale is not None:
+            small = Sandbox(dlt_scale)
+            try:
+                fetch_floor(small.bullphish_url, TOKEN, day)
+                flow_small = run_flow(small, api_url, home, work, day)
+                dlt_result = run_dlt(small, work, day)
+            finally:
+                small.close()
+            results["dlt"] = {
+                "scale": dlt_scale.__dict__ | {"targets": dlt_scale.targets},
+                "flow": flow_small,
+                "dlt": dlt_result,
+            }
+    finally:
+        stop(server)
+    flow, floor = results["flow"], results["fetch_floor"]
+    ratios = {
+        "flow_vs_fetch_floor": flow["flow_seconds"] / floor["seconds"],
+        "aggregate_vs_duckdb_floor": flow["stages"].get("evaluate", 0.0)
+        / max(results["duckdb_floor_seconds"], 1e-9),
+    }
+    dlt_part = results.get("dlt")
+    if dlt_part and dlt_part["dlt"]:
+        ratios["dlt_vs_flow"] = dlt_part["dlt"]["wall_seconds"] / dlt_part["flow"]["wall_seconds"]
+    results["ratios"] = ratios
+    return results
+
+
+def report(results: dict) -> str:
+    scale, flow, floor = results["scale"], results["flow"], results["fetch_floor"]
+    organizations = scale["partners"] * scale["organizations_per_partner"]
+    lines = [
+        f"scale {scale['name']}: {scale['partners']} partners, {organizations} organizations, "
+        f"{scale['targets']} targets",
+        f"fetch floor      {floor['seconds']:8.2f} s  ({floor['records']} records; "
+        f"sandbox CPU {floor['sandbox_cpu_seconds']:.2f} s)",
+        f"flow end to end  {flow['flow_seconds']:8.2f} s  "
+        f"(child wall {flow['wall_seconds']:.2f} s, "
+        f"peak RSS {flow['peak_rss_mb']:.0f} MB, sandbox CPU {flow['sandbox_cpu_seconds']:.2f} s)",
+    ]
+    for stage, seconds in sorted(flow["stages"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {stage:<15}{seconds:8.2f} s")
+    cold = results["cold_start"]
+    lines += [
+        f"DuckDB floor     {results['duckdb_floor_seconds']:8.3f} s",
+        f"cold start       {cold['cli_help_seconds']:8.2f} s (--help), "
+        f"{cold['import_flow_seconds']:.2f} s (import the flow)",
+    ]
+    part = results.get("dlt")
+    if part and part["dlt"]:
+        dlt_run, flow_run = part["dlt"], part["flow"]
+        lines.append(
+            f"dlt at {part['scale']['targets']} targets: {dlt_run['wall_seconds']:.2f} s, "
+            f"peak RSS {dlt_run['peak_rss_mb']:.0f} MB; the flow at that scale: "
+            f"{flow_run['wall_seconds']:.2f} s, peak RSS {flow_run['peak_rss_mb']:.0f} MB"
+        )
+    elif part:
+        lines.append("dlt: not installed (pip install -e '.[bench]')")
+    lines.append("ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in results["ratios"].items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", choices=sorted(SCALES), default="S")
+    parser.add_argument(
+        "--dlt-scale",
+        choices=[*sorted(SCALES), "none"],
+        default="dlt",
+        help="scale at which dlt is compared with the flow (default 100,000 "
+        "targets); 'none' skips it",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="JSON file (default bench/results/<scale>-<time>.json)"
+    )
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bpb-bench-"))
+    try:
+        results = benchmark(
+            SCALES[args.scale], None if args.dlt_scale == "none" else SCALES[args.dlt_scale], work
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = args.out or Path("bench/results") / (
+        f"{args.scale}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(report(results))
+    print(f"figures: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""The benchmark at a tiny scale, so that it cannot rot (no figure is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_benchmark_runs_end_to_end_at_a_tiny_scale(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--scale",
+            "tiny",
+            "--dlt-scale",
+            "none",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(out.read_text())
+    assert figures["flow"]["exit_code"] in (0, 1)
+    assert figures["flow"]["records"] == figures["fetch_floor"]["records"] > 0
+    assert {"extract", "evaluate", "deliver"} <= set(figures["flow"]["stages"])
+    assert set(figures["ratios"]) >= {"flow_vs_fetch_floor", "aggregate_vs_duckdb_floor"}
+    assert "ratios:" in result.stdout
