@@ -76,11 +76,13 @@ async def _load_list(
     lock: asyncio.Lock,
 ) -> None:
     async for records, positions, n_pages in _batches(pages):
-        batch = validate_records(
-            entity, records, positions, expected_partner_id=snapshot.partner_id
+        # validation and the bulk insert run in a worker thread, so that the event loop goes
+        # on fetching pages meanwhile (Arrow, pandas and DuckDB release the GIL for the bulk)
+        batch = await asyncio.to_thread(
+            validate_records, entity, records, positions, expected_partner_id=snapshot.partner_id
         )
         async with lock:  # one writer per partner snapshot (its cursor is not thread-safe)
-            snapshot.add(entity.name, batch, len(records))
+            await asyncio.to_thread(snapshot.add, entity.name, batch, len(records))
             snapshot.pages += n_pages
 
 
