@@ -1,0 +1,96 @@
+"""KaseyaOne's organization mappings: which billed organizations the partner's PSA invoices.
+
+Each run fetches the mappings of the partners it delivered, one partner at a time (a Prefect
+task per partner), and stores them in `ops.organization_mappings`, with the fetch itself in
+`ops.mapping_fetches`; `main.unmapped_organizations` compares them with what was billed.
+
+The mappings only inform analysts: a fetch that fails is logged and leaves the partner's
+previous mappings in place, and never changes a run's outcome. A 404 is KaseyaOne saying the
+partner is not linked: that is normal (the partner then has no mappings at all).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import duckdb
+import pandas as pd
+
+from bullphish_billing.clients import ApiError, FinalApiError, KaseyaOneClient
+from bullphish_billing.warehouse.db import transaction
+
+LINKED, NOT_LINKED, FAILED = "linked", "not_linked", "failed"
+MAPPING_FIELDS = ("module_organization_id", "psa", "psa_company_id", "psa_company_name")
+
+
+@dataclass(frozen=True)
+class MappingFetch:
+    """One partner's mappings as fetched: status linked, not_linked (404) or failed."""
+
+    partner_id: str
+    status: str
+    # (organization_id, psa, psa_company_id, psa_company_name)
+    mappings: tuple[tuple[str, str, str, str], ...] = ()
+    error: str | None = None
+
+
+async def fetch(client: KaseyaOneClient, partner_id: str) -> MappingFetch:
+    """Fetch one partner's mappings; every API failure becomes a `failed` result."""
+    try:
+        records = await client.list_organization_mappings(partner_id)
+    except FinalApiError as exc:
+        if exc.status == 404:
+            return MappingFetch(partner_id, NOT_LINKED)
+        return MappingFetch(partner_id, FAILED, error=str(exc))
+    except ApiError as exc:
+        return MappingFetch(partner_id, FAILED, error=str(exc))
+    rows = []
+    for record in records:
+        values = tuple(record.get(f) if isinstance(record, dict) else None for f in MAPPING_FIELDS)
+        if not all(isinstance(v, str) for v in values):
+            return MappingFetch(
+                partner_id, FAILED, error="a mapping lacks one of " + ", ".join(MAPPING_FIELDS)
+            )
+        rows.append(values)
+    return MappingFetch(partner_id, LINKED, tuple(rows))  # type: ignore[arg-type]
+
+
+def store(con: duckdb.DuckDBPyConnection, fetches: list[MappingFetch], run_id: str) -> int:
+    """Replace the mappings of every partner fetched (linked or not_linked) in one
+    transaction; failed fetches change nothing. Returns the partners replaced."""
+    done = [f for f in fetches if f.status in (LINKED, NOT_LINKED)]
+    if not done:
+        return 0
+    partners = [f.partner_id for f in done]
+    now = dt.datetime.now(dt.UTC)
+    frame = pd.DataFrame(
+        [(f.partner_id, *m) for f in done for m in f.mappings],
+        columns=["partner_id", "organization_id", "psa", "psa_company_id", "psa_company_name"],
+    ).drop_duplicates(subset=["partner_id", "organization_id"], keep="last")
+    fetched = pd.DataFrame(
+        {
+            "partner_id": partners,
+            "status": [f.status for f in done],
+            "mappings": [len(f.mappings) for f in done],
+        }
+    )
+    with transaction(con):
+        for table in ("ops.organization_mappings", "ops.mapping_fetches"):
+            con.execute(f"DELETE FROM {table} WHERE list_contains(?, partner_id)", [partners])
+        con.register("fetched_mappings", frame)
+        con.execute(
+            "INSERT INTO ops.organization_mappings "
+            "SELECT partner_id, organization_id, psa, psa_company_id, psa_company_name, ?, ? "
+            "FROM fetched_mappings",
+            [now, run_id],
+        )
+        con.unregister("fetched_mappings")
+        con.register("fetched_partners", fetched)
+        con.execute(
+            "INSERT INTO ops.mapping_fetches "
+            "SELECT partner_id, status, mappings, ?, ? FROM fetched_partners",
+            [now, run_id],
+        )
+        con.unregister("fetched_partners")
+    return len(done)

@@ -1,0 +1,297 @@
+"""The analysts' file: published atomically after each run, never blocking or breaking an
+analyst who holds it open. The analyst is a separate process (tests/analyst.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+from oracle import expected_billing
+
+from bullphish_billing import publish
+from bullphish_billing.dates import yesterday_utc
+from bullphish_billing.outcomes import RunSummary, record, start_run
+from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
+from bullphish_billing.warehouse.db import open_warehouse
+
+VIEWS = ("billing_changes", "invoice_preview", "unmapped_organizations", "run_history")
+ANALYST = Path(__file__).with_name("analyst.py")
+
+
+class Analyst:
+    """A read-only DuckDB session in another process (mode held or fresh), until `stop`."""
+
+    def __init__(self, path: Path, mode: str = "held") -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(ANALYST), str(path), mode],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        ready = self.process.stdout.readline()
+        assert json.loads(ready) == {"ready": True}, ready + self.process.stderr.read()
+
+    def stop(self) -> list[dict]:
+        out, err = self.process.communicate(timeout=60)
+        assert self.process.returncode == 0, err
+        return [json.loads(line) for line in out.splitlines()]
+
+
+def state_of(path: Path) -> list[int]:
+    """What an analyst who opens the file now sees."""
+    out = subprocess.run(
+        [sys.executable, str(ANALYST), str(path), "once"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def states(observations: list[dict]) -> set[tuple[int, ...]]:
+    """The states seen; every look must have succeeded."""
+    assert observations and not [o for o in observations if "error" in o], observations[:3]
+    return {tuple(o["state"]) for o in observations}
+
+
+def finished_run(con, run_id: str, day: dt.date) -> None:
+    start_run(con, run_id, day, False)
+    record(con, RunSummary(run_id, day, False, []))
+
+
+def test_the_published_file_holds_the_tables_views_and_comments(tmp_path, warehouse_path):
+    target = tmp_path / "analytics.duckdb"
+    with open_warehouse(warehouse_path) as con:
+        finished_run(con, "run-1", dt.date(2026, 11, 20))
+        con.execute(
+            "INSERT INTO raw.targets VALUES (DATE '2026-11-20', 'p_1', 't_1', 'o_1', 'active', "
+            "now(), 0, 0, 'run-1')"
+        )
+        result = publish.publish(con, target)
+    assert result.path == target and result.rows == 1
+    with duckdb.connect(str(target), read_only=True) as pub:
+        tables = {
+            f"{s}.{t}"
+            for s, t in pub.execute(
+                "SELECT schema_name, table_name FROM duckdb_tables() "
+                "WHERE database_name = current_database()"
+            ).fetchall()
+        }
+        assert set(publish.PUBLISHED_TABLES) <= tables
+        assert pub.execute("SELECT count(*) FROM raw.targets").fetchall() == [(0,)]  # not copied
+        for view in VIEWS:
+            pub.execute(f"FROM {view}").fetchall()
+        uncommented = pub.execute(
+            "SELECT table_name, column_name FROM duckdb_columns() "
+            "WHERE database_name = current_database() AND comment IS NULL"
+        ).fetchall()
+        assert uncommented == []
+        assert pub.execute("SELECT run_id, status FROM run_history").fetchall() == [
+            ("run-1", "no partners")
+        ]
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert leftovers == ["analytics.duckdb", "warehouse.duckdb"]  # no temp file, no WAL
+
+
+def test_a_replaced_file_does_not_disturb_a_session_holding_it(tmp_path, warehouse_path):
+    target = tmp_path / "analytics.duckdb"
+    day = dt.date(2026, 11, 20)
+    with open_warehouse(warehouse_path) as con:
+        finished_run(con, "run-1", day)
+        publish.publish(con, target)
+        old = state_of(target)
+        analyst = Analyst(target)
+        try:
+            # writing the analysts' file in place is what the analyst's lock forbids ...
+            with pytest.raises(duckdb.IOException, match="lock"):
+                duckdb.connect(str(target)).close()
+            # ... and replacing it is not
+            finished_run(con, "run-2", day)
+            publish.publish(con, target)
+        finally:
+            observations = analyst.stop()
+    new = state_of(target)
+    assert old[0] == 1 and new[0] == 2
+    assert states(observations) == {tuple(old)}  # the held session: the old file, complete
+
+
+def test_a_stray_wal_of_a_crashed_read_write_session_is_removed(tmp_path, warehouse_path):
+    target = tmp_path / "analytics.duckdb"
+    with open_warehouse(warehouse_path) as con:
+        finished_run(con, "run-1", dt.date(2026, 11, 20))
+        publish.publish(con, target)
+        crash = (
+            "import duckdb, os, sys\n"
+            "c = duckdb.connect(sys.argv[1])\n"
+            "c.execute('CREATE TABLE scratch AS SELECT 42 AS x')\n"
+            "os._exit(0)\n"
+        )
+        subprocess.run([sys.executable, "-c", crash, str(target)], check=True)
+        assert Path(f"{target}.wal").exists()  # it would break every later open of the file
+        publish.publish(con, target)
+    assert state_of(target)[0] == 1
+
+
+def test_temporary_files_of_dead_publishes_are_removed_live_ones_kept(tmp_path):
+    target = tmp_path / "analytics.duckdb"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    orphan = tmp_path / f".analytics.duckdb.{int(dead.stdout)}.abcd1234.tmp"
+    live = tmp_path / f".analytics.duckdb.{os.getpid()}.abcd1234.tmp"
+    for path in (orphan, Path(f"{orphan}.wal"), live):
+        path.write_bytes(b"x")
+    assert sorted(publish.remove_orphans(target)) == sorted([orphan, Path(f"{orphan}.wal")])
+    assert live.exists()
+
+
+# ------------------------------------------------------------------ the whole run
+
+
+@pytest.fixture
+def sandbox_env(monkeypatch, warehouse_path):
+    def apply(sandbox: RunningSandbox) -> None:
+        c = sandbox.config
+        monkeypatch.setenv("BULLPHISH_API_URL", sandbox.bullphish_url)
+        monkeypatch.setenv("BULLPHISH_API_TOKEN", c.bullphish_token)
+        monkeypatch.setenv("KASEYAONE_API_URL", sandbox.kaseyaone_url)
+        monkeypatch.setenv("KASEYAONE_CLIENT_ID", c.kaseyaone_client_id)
+        monkeypatch.setenv("KASEYAONE_CLIENT_SECRET", c.kaseyaone_client_secret)
+        monkeypatch.setenv("BILLING_WAREHOUSE", str(warehouse_path))
+
+    return apply
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_analyst_holding_the_file_across_a_whole_run(sandbox_env, warehouse_path, tmp_path):
+    """The lock test: a read-only session is open on the published file for the whole run;
+    the run finishes (and publishes), the analyst's queries all succeed, and every state the
+    analyst sees is the old one or the new one, complete."""
+    from flows.daily_billing import daily_billing
+
+    day = yesterday_utc() - dt.timedelta(days=1)
+    target = tmp_path / "analytics.duckdb"  # the default: next to the warehouse
+    with open_warehouse(warehouse_path) as con:
+        finished_run(con, "an-earlier-run", day - dt.timedelta(days=1))
+        publish.publish(con, target)
+    old = state_of(target)
+    with RunningSandbox(SandboxConfig(seed=5, partners=9, short_pages=True)) as sandbox:
+        sandbox_env(sandbox)
+        held, fresh = Analyst(target, "held"), Analyst(target, "fresh")
+        try:
+            summary = daily_billing(usage_date=day)
+        finally:
+            held_seen, fresh_seen = held.stop(), fresh.stop()
+        world = sandbox.world
+    assert summary.exit_code == 1  # the sandbox's problems: a run ending with exit 1 publishes
+    new = state_of(target)
+    assert new != old
+    assert states(held_seen) == {tuple(old)}  # the held session keeps its complete, old state
+    assert states(fresh_seen) <= {tuple(old), tuple(new)}  # never anything half-written
+    assert fresh_seen[-1]["state"] == new  # its last look came after the run: the new state
+
+    # the published file is the warehouse after the run (what the analysts read)
+    expected = expected_billing(world, day)
+    with duckdb.connect(str(target), read_only=True) as pub:
+        metrics = {
+            (p, o, t): u
+            for p, o, t, u in pub.execute(
+                "SELECT partner_id, organization_id, billing_type, units FROM billing_metrics "
+                "WHERE usage_date = ?",
+                [day],
+            ).fetchall()
+        }
+        assert metrics == expected.metrics
+        history = pub.execute(
+            "SELECT partner_id, status FROM run_history WHERE run_id = ?", [summary.run_id]
+        ).fetchall()
+        assert dict(history) == {o.partner_id: o.status for o in summary.outcomes}
+        # the organization mappings, fetched during the run for each partner it delivered
+        fetches = dict(pub.execute("SELECT partner_id, status FROM ops.mapping_fetches").fetchall())
+        delivered = {p for p, _, _ in expected.metrics}
+        assert set(fetches) == delivered
+        assert fetches["p_0007"] == "not_linked"  # its 404 is normal
+        unmapped = pub.execute(
+            "SELECT DISTINCT partner_id, organization_id, reason FROM unmapped_organizations"
+        ).fetchall()
+    billed = {(p, o) for p, o, _ in expected.metrics}
+    want = set()
+    for pid in delivered:
+        mapped = {m["module_organization_id"] for m in world.organization_mappings(pid)}
+        reason = (
+            "partner not linked in KaseyaOne"
+            if fetches[pid] == "not_linked"
+            else "organization not mapped to a PSA company"
+        )
+        want |= {(p, o, reason) for p, o in billed if p == pid and o not in mapped}
+    assert set(unmapped) == want
+    assert ("p_0001", "o_0001o0003", "organization not mapped to a PSA company") in want
+
+
+def test_two_runs_publishing_at_once_both_succeed(tmp_path, warehouse_path):
+    """Parallel runs (a backfill's dates) publish from one process at the same time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    target = tmp_path / "analytics.duckdb"
+    with open_warehouse(warehouse_path) as con:
+        finished_run(con, "run-1", dt.date(2026, 11, 20))
+
+    def one(_: int) -> int:
+        with open_warehouse(warehouse_path) as con:
+            return publish.publish(con, target).rows
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(one, range(8))) == [1] * 8
+    assert state_of(target)[0] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["analytics.duckdb", "warehouse.duckdb"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_publish_that_fails_is_logged_and_does_not_fail_the_run(
+    monkeypatch, warehouse_path, tmp_path
+):
+    import logging
+
+    from prefect import flow
+
+    from tasks import billing
+
+    with open_warehouse(warehouse_path) as con:
+        finished_run(con, "run-1", dt.date(2026, 11, 20))
+    (tmp_path / "a-file").write_text("not a directory")
+    monkeypatch.setenv("BILLING_WAREHOUSE", str(warehouse_path))
+    monkeypatch.setenv("BILLING_ANALYTICS_FILE", str(tmp_path / "a-file" / "analytics.duckdb"))
+
+    @flow
+    def a_run(run_id: str):
+        return billing.publish(dt.date(2026, 11, 20), run_id)
+
+    class Remember(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    said = Remember()
+    task_logger = logging.getLogger("prefect.task_runs")
+    task_logger.addHandler(said)
+    try:
+        assert a_run("run-1") is None
+        assert any("was not published" in line for line in said.lines), said.lines
+        said.lines.clear()
+        assert a_run("a-run-that-never-started") is None  # nothing to publish, nothing said
+        assert not any("published" in line for line in said.lines), said.lines
+    finally:
+        task_logger.removeHandler(said)
