@@ -1,0 +1,105 @@
+"""The backfill flow: the daily flow once per date of a range, as subflows, wiring only.
+
+The rules (which dates, how many at a time, what counts as done) live in
+`bullphish_billing/backfill.py`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.states import Failed
+
+from bullphish_billing import backfill as rules
+from bullphish_billing.errors import USER_FACING_ERRORS
+from bullphish_billing.settings import load_settings
+from bullphish_billing.warehouse.db import open_warehouse
+from flows.daily_billing import daily_billing
+
+
+@flow(name="backfill", flow_run_name="backfill-{start}-{end}", log_prints=False)
+def backfill(
+    start: dt.date,
+    end: dt.date,
+    partner_ids: list[str] | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    concurrency: int = rules.DEFAULT_CONCURRENCY,
+) -> rules.BackfillSummary:
+    """Bill every usage date from `start` to `end` (inclusive) with the daily flow, oldest
+    first, at most `concurrency` dates at a time. Dates an earlier run delivered are not
+    billed again unless `force` (which also re-sends unchanged numbers). Configuration comes
+    from the environment, as for the daily flow."""
+    log = get_run_logger()
+    try:
+        settings = load_settings()
+        rules.preflight(settings, start, end, partner_ids, dry_run, concurrency)
+        days = rules.date_range(start, end)
+        with open_warehouse(settings.warehouse) as con:  # also creates it before the threads
+            done = set() if dry_run or force else rules.completed_dates(con, days, partner_ids)
+    except (*USER_FACING_ERRORS, rules.BackfillRangeError) as exc:
+        log.error("%s", exc)
+        return Failed(message=str(exc), data=exc)
+
+    todo = [d for d in days if d not in done]
+    log.info(
+        "backfill %s..%s: %d date(s), %d delivered before, %d to bill, %d at a time",
+        start,
+        end,
+        len(days),
+        len(done),
+        len(todo),
+        concurrency,
+    )
+    key = f"backfill-{start.isoformat()}-{end.isoformat()}"
+    progress_id = create_progress_artifact(
+        progress=100.0 * len(done) / len(days),
+        key=f"{key}-progress",
+        description=f"Backfill {start}..{end}: dates finished",
+    )
+    watcher = rules.observer()
+    if watcher is not None:
+        watcher.started(len(days), len(done))
+    lock = threading.Lock()
+
+    def finished(result: rules.DateResult, count: int) -> None:
+        with lock:
+            update_progress_artifact(progress_id, progress=100.0 * (len(done) + count) / len(days))
+        if result.status == "failed":
+            log.error("%s failed: %s", result.usage_date, result.detail)
+        if watcher is not None:
+            watcher.finished(result, len(done) + count, len(days))
+
+    def bill(day: dt.date) -> rules.DateResult:
+        state = daily_billing(
+            usage_date=day,
+            partner_ids=partner_ids,
+            dry_run=dry_run,
+            force=force,
+            return_state=True,
+        )
+        if state.is_completed():
+            return rules.DateResult.from_summary(state.result())
+        data = state.result(raise_on_failure=False)
+        return rules.DateResult.failure(day, data if isinstance(data, Exception) else state.message)
+
+    ran = rules.run_dates(todo, bill, concurrency, on_result=finished)
+    by_day = {r.usage_date: r for r in ran} | {d: rules.DateResult.done_before(d) for d in done}
+    summary = rules.BackfillSummary(start, end, dry_run, force, [by_day[d] for d in days])
+    create_table_artifact(
+        key=key,
+        table=summary.artifact_rows(),
+        description=summary.one_line(),
+    )
+    log.info("%s", summary.one_line())
+    if summary.failed:
+        failed = ", ".join(str(d) for d in summary.failed)
+        return Failed(message=f"{len(summary.failed)} date(s) failed: {failed}", data=summary)
+    return summary
