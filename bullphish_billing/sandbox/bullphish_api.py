@@ -29,7 +29,7 @@ from bullphish_billing.sandbox._http import (
     parse_date,
     serialize_records,
 )
-from bullphish_billing.sandbox.config import SandboxConfig
+from bullphish_billing.sandbox.config import PARTNER_ERROR_CODES, SandboxConfig
 from bullphish_billing.sandbox.faults import Faults
 from bullphish_billing.sandbox.world import World
 
@@ -43,6 +43,7 @@ class _BullPhishApi:
         self.faults = Faults(config, salt=1)
         self.pager = Pager(config.seed, "bullphish-cursor", config.short_pages)
         self.cache = BytesLRU()
+        self.partner_errors = dict(config.partner_errors)
 
     async def _guard(self, request: Request) -> Response | None:
         fault = await self.faults.before()
@@ -96,6 +97,9 @@ class _BullPhishApi:
         if (refused := await self._guard(request)) is not None:
             return refused
         partner_id = self._partner(request)
+        if (status := self.partner_errors.get(partner_id)) is not None:
+            code = PARTNER_ERROR_CODES[status]
+            return error_response(status, code, f"sandbox: injected {code} for {partner_id}")
         as_of = self._as_of(request)
         if not self.world.has_partner(partner_id):
             raise ApiError(404, "not_found", f"unknown partner {partner_id}")

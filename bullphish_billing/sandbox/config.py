@@ -5,6 +5,15 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field
 
+PARTNER_ERROR_CODES = {
+    404: "not_found",
+    410: "history_expired",
+    500: "internal",
+    502: "internal",
+    503: "internal",
+}
+"""The statuses ``partner_errors`` may inject, with the error code each is served with."""
+
 
 @dataclass(frozen=True)
 class SandboxConfig:
@@ -42,6 +51,12 @@ class SandboxConfig:
     """Probability that a POST /v1/billing/usage is stored and then answered with a 5xx (the
     response is "lost"): a retry with the same Idempotency-Key must be a replay. (Last, so the
     fields above keep their positions.)"""
+    partner_errors: tuple[tuple[str, int], ...] = ()
+    """(partner id, status) pairs: every request for that partner's organizations or targets
+    is answered with that status and the contract's error body, after the token check: 404
+    ``not_found`` (the partner is gone), 410 ``history_expired`` (its history expired), or
+    500/502/503 ``internal`` (its data is unavailable). The partner list is served as usual.
+    For outage tests: one partner fails, the others must go on."""
 
     def __post_init__(self) -> None:
         for name in ("partners", "organizations_per_partner", "targets_per_organization"):
@@ -63,6 +78,12 @@ class SandboxConfig:
             raise ValueError(
                 f"token_lifetime_s must be an integer >= 1, got {self.token_lifetime_s!r}"
             )
+        for partner_id, status in self.partner_errors:
+            if status not in PARTNER_ERROR_CODES:
+                raise ValueError(
+                    f"partner_errors: {partner_id}: status must be one of "
+                    f"{sorted(PARTNER_ERROR_CODES)}, got {status!r}"
+                )
         for name in ("bullphish_token", "kaseyaone_client_id", "kaseyaone_client_secret"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")

@@ -1,0 +1,207 @@
+"""Secrets and personal data: a run with known secrets against a faulty sandbox, then every
+place the run writes is searched: the terminal (at DEBUG level), the Prefect API (the flow
+run, its task runs, logs and artifacts) and Prefect's database file, the warehouse (every
+text column of every table) and every file the run left beside it.
+
+Also: the settings hold the secrets as SecretStr, and the sandbox refuses every endpoint
+without a token. (Elsewhere: `tests/test_clients.py::test_secrets_never_reach_messages_reprs_or_logs`
+redacts server-echoed secrets from exceptions and logs; `tests/test_cli.py` checks a clean run's
+files and a wrong credential's one-line error; `tests/test_sandbox_servers.py::
+test_starts_fast_on_loopback_and_stops_clean` checks that the sandbox listens on 127.0.0.1 only.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import pickle
+import re
+import socket
+from pathlib import Path
+from uuid import UUID
+
+import duckdb
+import httpx
+import pytest
+from fault_tools import child_env, output, prefect_api_url, run_cli  # noqa: F401 - fixture
+from test_daily_flow import assert_no_personal_data
+
+from bullphish_billing.dates import yesterday_utc
+from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
+
+TOKEN = "tok-7Hq2-bullphish-KNOWNSECRET"
+CLIENT_SECRET = "sec-9Wx4-kaseyaone-KNOWNSECRET"
+FAULTY = SandboxConfig(
+    seed=11,
+    partners=10,
+    short_pages=True,
+    rate_429=0.1,
+    rate_5xx=0.1,
+    rate_lost_response=0.1,
+    token_lifetime_s=1,
+    malformed_rate=0.02,
+    bullphish_token=TOKEN,
+    kaseyaone_client_secret=CLIENT_SECRET,
+)
+
+
+def prefect_records(flow_run_id: UUID) -> list[str]:
+    """Everything Prefect's API holds about one flow run, as text."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    assert task_runs and logs and artifacts, "the run left nothing in Prefect to search"
+    return [
+        flow_run.model_dump_json(),
+        *(t.model_dump_json() for t in task_runs),
+        *(log.model_dump_json() for log in logs),
+        *(a.model_dump_json() for a in artifacts),
+    ]
+
+
+def prefect_database_files() -> list[Path]:
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
+    database = Path(url.split("///", 1)[1])
+    return [p for p in database.parent.glob(database.name + "*") if p.is_file()]
+
+
+def warehouse_text(path: Path) -> str:
+    """Every value of every column of every table, as text."""
+    chunks = []
+    with duckdb.connect(str(path), read_only=True) as con:
+        tables = con.execute(
+            "SELECT schema_name, table_name FROM duckdb_tables() "
+            "WHERE database_name = current_database()"
+        ).fetchall()
+        assert tables
+        for schema, table in tables:
+            rows = con.execute(f"SELECT * FROM {schema}.{table}").fetchall()
+            chunks.append(repr(rows))
+    return "\n".join(chunks)
+
+
+@pytest.mark.timeout(300)
+def test_no_secret_and_no_personal_data_anywhere_a_faulty_run_writes(
+    tmp_path,
+    prefect_api_url,  # noqa: F811
+):
+    day = yesterday_utc() - dt.timedelta(days=2)
+    warehouse = tmp_path / "warehouse.duckdb"
+    with RunningSandbox(FAULTY) as sandbox:
+        issued: list[str] = []  # the KaseyaOne access tokens the run is given: secrets too
+        issue = sandbox.kaseyaone.issue_token
+
+        def recording(client_id: str, lifetime_s: int) -> str:
+            issued.append(issue(client_id, lifetime_s))
+            return issued[-1]
+
+        sandbox.kaseyaone.issue_token = recording  # type: ignore[method-assign]
+        env = child_env(
+            sandbox,
+            warehouse,
+            prefect_api_url,
+            PREFECT_LOGGING_LEVEL="DEBUG",
+            BILLING_HOLD_THRESHOLD="0.05",
+        )
+        result = run_cli(["run", "--date", day.isoformat()], env, tmp_path)
+        terminal = output(result)
+        assert result.returncode == 1, terminal  # unlinked partner, rejections, quarantine
+        assert "Traceback" not in terminal
+        assert sum(sandbox.bullphish_app.state.faults.injected.values()) > 0
+        assert len(issued) > 1  # tokens expired and were fetched again
+        assert any(r.status == 422 for r in sandbox.kaseyaone.requests)  # error paths ran
+    flow_run_id = UUID(re.search(r"/runs/flow-run/([0-9a-f-]{36})", terminal).group(1))
+
+    secrets = [TOKEN, CLIENT_SECRET, *issued]
+    places = {
+        "terminal": terminal,
+        "prefect api": "\n".join(prefect_records(flow_run_id)),
+        "warehouse": warehouse_text(warehouse),
+    }
+    # the search saw the run's logs and artifacts (partner outcomes, the issues note)
+    assert "billable" in places["prefect api"] and "partner_not_linked" in places["prefect api"]
+    for place, text in places.items():
+        for secret in secrets:
+            assert secret not in text, f"a secret in the {place}"
+    files = [p for p in tmp_path.rglob("*") if p.is_file()] + prefect_database_files()
+    assert any(p.name == "warehouse.duckdb" for p in files)
+    for path in files:
+        content = path.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in content, path
+
+    # rule 10: no email-shaped value in any text column of any table (faulty records included)
+    assert_no_personal_data(warehouse)
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM ops.quarantine").fetchall()[0][0] > 0
+    assert "@example-msp.test" not in terminal + places["prefect api"]
+
+
+def test_settings_hold_secrets_as_secret_types(monkeypatch):
+    from bullphish_billing.settings import load_settings
+
+    monkeypatch.setenv("BULLPHISH_API_TOKEN", TOKEN)
+    monkeypatch.setenv("KASEYAONE_CLIENT_SECRET", CLIENT_SECRET)
+    settings = load_settings()
+    assert settings.bullphish_api_token.get_secret_value() == TOKEN
+    shown = [repr(settings), str(settings), settings.model_dump_json(), str(settings.model_dump())]
+    for text in shown:
+        assert TOKEN not in text and CLIENT_SECRET not in text
+    # Prefect hands the settings to tasks; a copy keeps them secret, and usable
+    copy = pickle.loads(pickle.dumps(settings))
+    assert copy.kaseyaone_client_secret.get_secret_value() == CLIENT_SECRET
+    assert CLIENT_SECRET not in repr(copy)
+
+
+def test_the_sandbox_refuses_every_endpoint_without_a_token_and_listens_on_loopback_only():
+    with RunningSandbox(SandboxConfig(partners=3)) as sandbox:
+        bp, k1 = sandbox.bullphish_url, sandbox.kaseyaone_url
+        refused = [
+            httpx.get(f"{bp}/v1/partners"),
+            httpx.get(f"{bp}/v1/partners/p_0001/organizations"),
+            httpx.get(f"{bp}/v1/partners/p_0001/targets"),
+            httpx.get(f"{k1}/v1/billing/billing-types", params={"module": "bullphish-id"}),
+            httpx.get(
+                f"{k1}/v1/billing/usage",
+                params={"module": "bullphish-id", "partner_id": "p_0001", "usage_date": "x"},
+            ),
+            httpx.get(
+                f"{k1}/v1/partners/p_0001/organization-mappings", params={"module": "bullphish-id"}
+            ),
+            httpx.post(
+                f"{k1}/v1/billing/usage",
+                json={"module": "bullphish-id", "partner_id": "p_0001", "metrics": []},
+                headers={"Idempotency-Key": "k"},
+            ),
+        ]
+        assert [r.status_code for r in refused] == [401] * len(refused)
+        no_secret = httpx.post(
+            f"{k1}/oauth/token",
+            data={"grant_type": "client_credentials", "client_id": "sandbox-client"},
+        )
+        assert no_secret.status_code in (400, 401) and "access_token" not in no_secret.text
+        assert sandbox.kaseyaone.stored() == []
+        for url in (bp, k1):
+            host, port = url.removeprefix("http://").split(":")
+            assert host == "127.0.0.1"
+            with pytest.raises(OSError):  # another address of this host: nothing listens
+                socket.create_connection(("127.0.0.2", int(port)), timeout=1).close()
