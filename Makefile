@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean check-ui check-deployments
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -24,6 +24,17 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The Prefect UI renders a run and its artifacts (headless Chromium; installs Debian's
+# chromium with apt-get if missing). Not part of `test`: it takes about a minute.
+check-ui: $(STAMP)
+	$(BIN)/python scripts/check_ui.py
+
+# prefect.yaml end to end: `prefect server start` on a free port, `prefect deploy --all`, a
+# process worker, a backfill run against the sandbox. Offline, about 30 s; `test` runs it too
+# (tests/test_deployments.py).
+check-deployments: $(STAMP)
+	$(BIN)/python scripts/check_deployments.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

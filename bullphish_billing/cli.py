@@ -22,6 +22,12 @@ class UsageError(Exception):
     """Bad command-line input; the message is one line."""
 
 
+class RunFailedError(Exception):
+    """The run could not go on: an API it cannot do without (the partner list) stayed
+    unavailable or refused. One line, exit 1: the run was attempted, nothing was recorded as
+    delivered, and running it again later is the remedy."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
@@ -63,12 +69,26 @@ def build_parser() -> argparse.ArgumentParser:
         "backfill",
         help="bill every date of a range, oldest first",
         description="Run the daily flow for every date from --start to --end (inclusive), "
-        "oldest first, with a progress bar. Dates already delivered with unchanged numbers "
-        "send nothing.",
+        "oldest first, a few dates at a time, with a progress bar; each date as of that day. "
+        "Dates an earlier run delivered are not billed again, and numbers already "
+        "acknowledged are not re-sent, so a backfill that was stopped can simply be started "
+        "again. A date that fails does not stop the others (exit 1).",
     )
     backfill.add_argument("--start", type=_date, required=True, help="first usage date")
     backfill.add_argument("--end", type=_date, required=True, help="last usage date")
     _partner_and_dry_run(backfill)
+    backfill.add_argument(
+        "--force",
+        action="store_true",
+        help="bill every date again: re-extract, recompute and re-send every metric",
+    )
+    backfill.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=2,
+        metavar="N",
+        help="dates billed at the same time (default 2)",
+    )
 
     sandbox = commands.add_parser(
         "sandbox",
@@ -91,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--date", type=_date, help="usage date (default: yesterday, UTC)")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _partner_and_dry_run(parser: argparse.ArgumentParser) -> None:
@@ -131,6 +161,10 @@ def run_date(
         data = state.result(raise_on_failure=False)
         if isinstance(data, USER_FACING_ERRORS):
             raise data
+        from bullphish_billing.clients import ApiError
+
+        if isinstance(data, ApiError):
+            raise RunFailedError(f"the run failed: {data}") from None
         raise RuntimeError(state.message or "the flow failed")
     summary = state.result()
     if not quiet:
@@ -154,13 +188,15 @@ def _check_date(day: dt.date) -> None:
 
 
 def _cmd_backfill(ns: argparse.Namespace) -> int:
-    from bullphish_billing.backfill import backfill
+    from bullphish_billing.backfill import run_backfill
 
     if ns.end < ns.start:
         raise UsageError(f"--end {ns.end} is before --start {ns.start}")
     _check_date(ns.start)
     _check_date(ns.end)
-    return backfill(ns.start, ns.end, ns.partners, ns.dry_run)
+    return run_backfill(
+        ns.start, ns.end, ns.partners, ns.dry_run, force=ns.force, concurrency=ns.concurrency
+    )
 
 
 def _cmd_sandbox(ns: argparse.Namespace) -> int:
@@ -205,6 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, *USER_FACING_ERRORS) as exc:
         print(f"bullphish-billing {ns.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RunFailedError as exc:
+        print(f"bullphish-billing {ns.command}: error: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
     except KeyboardInterrupt:
         print("bullphish-billing: interrupted", file=sys.stderr)
         return 130

@@ -27,7 +27,9 @@ import duckdb
 import orjson
 import pandas as pd
 
+from bullphish_billing import lease
 from bullphish_billing.clients import ApiError, FinalApiError, KaseyaOneClient
+from bullphish_billing.crashpoints import crashpoint
 from bullphish_billing.warehouse.db import fetch_all, fetch_value, transaction
 
 log = logging.getLogger(__name__)
@@ -56,10 +58,18 @@ def idempotency_key(payload: dict, parent: str) -> str:
 
 
 def plan(
-    con: duckdb.DuckDBPyConnection, usage_date: dt.date, partner_ids: list[str], run_id: str
+    con: duckdb.DuckDBPyConnection,
+    usage_date: dt.date,
+    partner_ids: list[str],
+    run_id: str,
+    *,
+    force: bool = False,
 ) -> int:
     """Write the batches that bring KaseyaOne up to date for these partner-dates; return how
-    many batches were planned. Metrics equal to the acknowledged ones are not sent again."""
+    many batches were planned. Metrics equal to the acknowledged ones are not sent again,
+    unless `force`: then every current metric is planned (a forced re-send). Its keys are new
+    all the same, because the parent key is the last settled batch, so KaseyaOne applies the
+    re-send instead of answering it as a replay; the upsert makes that safe."""
     if not partner_ids:
         return 0
     changed = con.execute(
@@ -69,10 +79,10 @@ def plan(
         LEFT JOIN ops.acknowledged_metrics a
                USING (usage_date, partner_id, organization_id, billing_type)
         WHERE m.usage_date = $d AND list_contains($p, m.partner_id)
-          AND a.units IS DISTINCT FROM m.units
+          AND ($force OR a.units IS DISTINCT FROM m.units)
         ORDER BY m.partner_id, m.organization_id, m.billing_type
         """,
-        {"d": usage_date, "p": partner_ids},
+        {"d": usage_date, "p": partner_ids, "force": force},
     ).df()
     if changed.empty:
         return 0
@@ -118,6 +128,38 @@ def plan(
     return planned
 
 
+def plan_interrupted(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
+    """Plan what an earlier run computed but never wrote to the outbox (rule 9).
+
+    That run died between computing a partner-date's metrics and planning them: it is not a
+    dry run, it never finished (`ops.runs.finished_at` is NULL), its metrics are still the
+    current ones, and it wrote no outbox batch for that partner-date. Those partner-dates are
+    planned now, under `run_id`, against what KaseyaOne acknowledged; return how many batches.
+    """
+    rows = fetch_all(
+        con,
+        """
+        SELECT DISTINCT m.usage_date, m.partner_id
+        FROM main.billing_metrics m
+        JOIN ops.runs r ON r.run_id = m.run_id
+        WHERE NOT r.dry_run AND r.finished_at IS NULL AND m.run_id <> $run
+          AND NOT EXISTS (
+              SELECT 1 FROM ops.outbox o
+              WHERE o.run_id = m.run_id AND o.usage_date = m.usage_date
+                AND o.partner_id = m.partner_id)
+        ORDER BY ALL
+        """,
+        {"run": run_id},
+    )
+    by_date: dict[dt.date, list[str]] = defaultdict(list)
+    leases = lease.current()
+    for usage_date, partner_id in rows:
+        # a run that holds the partner-date's lease is alive, not interrupted: its own to plan
+        if leases is None or leases.free_or_ours(lease.partner_date(usage_date, partner_id)):
+            by_date[usage_date].append(partner_id)
+    return sum(plan(con, day, partners, run_id) for day, partners in by_date.items())
+
+
 def _last_settled_key(con: duckdb.DuckDBPyConnection, usage_date: dt.date, partner_id: str) -> str:
     key = fetch_value(
         con,
@@ -147,6 +189,15 @@ def pending_batches(
     return rows
 
 
+def pending_partner_dates(con: duckdb.DuckDBPyConnection) -> list[tuple[dt.date, str, int]]:
+    """Partner-dates with batches still pending: (usage_date, partner_id, batches)."""
+    return fetch_all(
+        con,
+        "SELECT usage_date, partner_id, count(*) FROM ops.outbox WHERE status = 'pending' "
+        "GROUP BY ALL ORDER BY ALL",
+    )
+
+
 async def send_pending(
     client: KaseyaOneClient,
     con: duckdb.DuckDBPyConnection,
@@ -160,8 +211,20 @@ async def send_pending(
     groups: dict[tuple[dt.date, str], list[tuple[str, str]]] = defaultdict(list)
     for key, usage_date, partner_id, payload in pending_batches(con, partner_ids):
         groups[(usage_date, partner_id)].append((key, payload))
+    leases = lease.current()
 
     async def deliver(group: tuple[dt.date, str], batches: list[tuple[str, str]]) -> None:
+        if leases is None:
+            await deliver_group(group, batches)
+            return
+        # in a leased run, a partner-date another live run holds is that run's to send
+        with leases.borrowed(lease.partner_date(*group)) as ours:
+            if ours:
+                await deliver_group(group, batches)
+            else:
+                log.info("%s %s: left to the run that holds it", group[0], group[1])
+
+    async def deliver_group(group: tuple[dt.date, str], batches: list[tuple[str, str]]) -> None:
         for position, (key, payload_text) in enumerate(batches):
             payload = orjson.loads(payload_text)
             _mark_attempt(con, key)
@@ -178,6 +241,7 @@ async def send_pending(
                 report.errors[group] = str(exc)
                 report.pending[group] += len(batches) - position
                 return
+            crashpoint("after-send")  # a crash here leaves the batch pending: re-sent, replayed
             _record_answer(
                 con, key, payload, result.status, result.accepted, result.rejected, result.replayed
             )
@@ -185,6 +249,7 @@ async def send_pending(
             report.replays += int(result.replayed)
             report.sent[group] += len(payload["metrics"])
             report.rejected[group] += len(result.rejected)
+            crashpoint("between-batches")
 
     await asyncio.gather(*(deliver(g, b) for g, b in groups.items()))
     return report

@@ -41,6 +41,8 @@ def start_prefect_server(home: Path, port: int, log_path: Path) -> subprocess.Po
         "PREFECT_HOME": str(home.resolve()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
+        # the UI asks the API at PREFECT_UI_API_URL, which `--port` does not change
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
     }
     env.pop("PREFECT_API_URL", None)
     log = log_path.open("wb")
@@ -94,6 +96,7 @@ def run_demo(usage_date: dt.date | None = None) -> int:
     day = usage_date or yesterday_utc()
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     warehouse = DEMO_DIR / "warehouse.duckdb"
+    analytics = DEMO_DIR / "analytics.duckdb"
     for stale in (warehouse, warehouse.with_suffix(".duckdb.wal")):
         stale.unlink(missing_ok=True)  # the sandbox's KaseyaOne starts empty: so does this
     prefect_home = DEMO_DIR / "prefect"
@@ -123,6 +126,7 @@ def run_demo(usage_date: dt.date | None = None) -> int:
                 "KASEYAONE_CLIENT_ID": config.kaseyaone_client_id,
                 "KASEYAONE_CLIENT_SECRET": config.kaseyaone_client_secret,
                 "BILLING_WAREHOUSE": str(warehouse),
+                "BILLING_ANALYTICS_FILE": str(analytics),
             }
             print(f"demo: running the daily flow for {day} ...", flush=True)
             code = subprocess.call(
@@ -147,9 +151,13 @@ Look at the run:
   Prefect UI:  PREFECT_HOME={prefect_home} .venv/bin/prefect server start --port {prefect_port}
                then open http://127.0.0.1:{prefect_port}/runs (flow 'daily-billing',
                its task runs and its artifacts)
-  Warehouse:   .venv/bin/python -c "import duckdb; duckdb.connect('{warehouse}',
-               read_only=True).sql('FROM billing_metrics LIMIT 10').show()"
-               or the DuckDB CLI (2.0 or newer): duckdb -readonly {warehouse}
-               tables: billing_metrics, ops.partner_runs, ops.quarantine, ops.outbox"""
+  Analysts:    {analytics}, the warehouse as of the last run, replaced after
+               each run; open it read-only, at any time (no run waits for it):
+               .venv/bin/python -c "import duckdb; duckdb.connect('{analytics}',
+               read_only=True).sql('FROM invoice_preview LIMIT 10').show()"
+               or the DuckDB CLI (2.0 or newer): duckdb -readonly {analytics}
+               views: billing_changes, invoice_preview, unmapped_organizations, run_history
+               tables: billing_metrics, ops.partner_runs, ops.quarantine, ops.outbox
+               (the pipeline's own warehouse is {warehouse})"""
     )
     return 0

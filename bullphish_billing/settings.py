@@ -6,9 +6,10 @@ repr, a log line or an exception.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,6 +44,48 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest time one API request may take, retries included.",
     )
+    run_deadline_s: float = Field(
+        10800.0,
+        alias="BILLING_RUN_DEADLINE_S",
+        gt=0,
+        description="Longest time a run may spend on API requests, counted from the moment "
+        "its settings are loaded (the start of the run). Past it, no request is started and "
+        "a request on the wire is cut: what is not extracted is failed, what is not sent stays "
+        "pending for the next run.",
+    )
+    # time.monotonic() when these settings were loaded: the run's clock. A private attribute,
+    # so no environment variable can set it; Prefect keeps it when it hands the settings to
+    # the run's tasks (in this process: the clock means nothing in another one).
+    _loaded_at: float = PrivateAttr(default_factory=time.monotonic)
+    notable_change: float = Field(
+        0.2,
+        alias="BILLING_NOTABLE_CHANGE",
+        ge=0.0,
+        description="A per-user count is a notable change when it moved by more than this "
+        "share of the previous day's count, and by at least BILLING_NOTABLE_MIN_USERS.",
+    )
+    notable_min_users: int = Field(
+        5,
+        alias="BILLING_NOTABLE_MIN_USERS",
+        ge=0,
+        description="The fewest users a notable per-user change moves (with "
+        "BILLING_NOTABLE_CHANGE).",
+    )
+    analytics_file: Path | None = Field(
+        None,
+        alias="BILLING_ANALYTICS_FILE",
+        description="The DuckDB file published for analysts after each run (default: "
+        "analytics.duckdb next to the warehouse).",
+    )
+
+    @property
+    def analytics_path(self) -> Path:
+        """Where the analysts' copy of the warehouse is published."""
+        return self.analytics_file or self.warehouse.with_name("analytics.duckdb")
+
+    def run_deadline(self) -> float:
+        """The time.monotonic() instant after which this run sends no more API requests."""
+        return self._loaded_at + self.run_deadline_s
 
     def require_apis(self) -> None:
         """Raise ConfigurationError naming every missing variable the APIs need."""

@@ -11,7 +11,7 @@ import asyncio
 import datetime as dt
 from dataclasses import dataclass
 
-from bullphish_billing import billing_rules, delivery
+from bullphish_billing import billing_rules, delivery, mappings, notable, publish
 from bullphish_billing.billing_rules import Evaluation, PartnerDecision
 from bullphish_billing.clients import (
     BullPhishClient,
@@ -19,9 +19,10 @@ from bullphish_billing.clients import (
     KaseyaOneClient,
     RetryPolicy,
 )
+from bullphish_billing.crashpoints import crashpoint
 from bullphish_billing.extract import ExtractResult, extract_partner_list, extract_partners
 from bullphish_billing.settings import ConfigurationError, Settings
-from bullphish_billing.warehouse.db import open_warehouse
+from bullphish_billing.warehouse.db import fetch_value, open_warehouse
 
 
 class UnknownPartnerError(Exception):
@@ -45,6 +46,7 @@ def _retry(settings: Settings) -> RetryPolicy:
         request_deadline_s=deadline,
         connect_timeout_s=min(5.0, deadline),
         read_timeout_s=min(30.0, deadline),
+        run_deadline=settings.run_deadline(),
     )
 
 
@@ -156,7 +158,8 @@ def deliver(
     run_id: str,
 ) -> DeliveryOutcome:
     """Plan the partner-dates' changed metrics into the outbox, then send every pending batch
-    (earlier runs' first). With `usage_date` None, only what is already pending is sent."""
+    (earlier runs' first). With `usage_date` None, only what earlier runs left is sent: their
+    pending batches, and what a run that died before planning had computed."""
 
     async def send() -> delivery.DeliveryReport:
         async with kaseyaone_client(settings) as client:
@@ -165,8 +168,13 @@ def deliver(
 
     planned = 0
     if usage_date is not None and partner_ids:
+        crashpoint("after-compute")
         with open_warehouse(settings.warehouse) as con:
             planned = delivery.plan(con, usage_date, partner_ids, run_id)
+        crashpoint("after-plan")
+    elif usage_date is None:
+        with open_warehouse(settings.warehouse) as con:
+            planned = delivery.plan_interrupted(con, run_id)
     with open_warehouse(settings.warehouse) as con:
         anything = bool(delivery.pending_batches(con))
     report = asyncio.run(send()) if anything else delivery.DeliveryReport()
@@ -196,3 +204,45 @@ def check_kaseyaone(settings: Settings) -> None:
         raise
     except Exception:  # noqa: BLE001 - down or flaky: delivery will say so, batch by batch
         return
+
+
+def fetch_mappings(settings: Settings, partner_id: str) -> mappings.MappingFetch:
+    """One partner's organization mappings from KaseyaOne (404: not linked, normal)."""
+
+    async def fetch() -> mappings.MappingFetch:
+        async with kaseyaone_client(settings) as client:
+            return await mappings.fetch(client, partner_id)
+
+    return asyncio.run(fetch())
+
+
+def store_mappings(settings: Settings, fetches: list[mappings.MappingFetch], run_id: str) -> int:
+    """Store the fetched mappings (failed fetches keep the partner's previous ones)."""
+    with open_warehouse(settings.warehouse) as con:
+        return mappings.store(con, fetches, run_id)
+
+
+def notable_changes(
+    settings: Settings, usage_date: dt.date, partner_ids: list[str], run_id: str
+) -> list[notable.NotableChange]:
+    """Detect and store the partner-dates' notable changes against the previous day."""
+    with open_warehouse(settings.warehouse) as con:
+        return notable.detect(
+            con,
+            usage_date,
+            partner_ids,
+            min_share=settings.notable_change,
+            min_users=settings.notable_min_users,
+            run_id=run_id,
+        )
+
+
+def publish_analytics(settings: Settings, run_id: str) -> publish.PublishResult | None:
+    """Publish the analysts' file after a run that started (None if it never did: a
+    configuration or input error before any work)."""
+    if not settings.warehouse.exists():
+        return None
+    with open_warehouse(settings.warehouse) as con:
+        if not fetch_value(con, "SELECT count(*) FROM ops.runs WHERE run_id = ?", [run_id]):
+            return None
+        return publish.publish(con, settings.analytics_path)

@@ -5,14 +5,23 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from bullphish_billing import outcomes, reporting, stages
+from bullphish_billing import (
+    delivery,
+    lease,
+    notable,
+    outcomes,
+    partner_artifacts,
+    reporting,
+    stages,
+)
 from bullphish_billing.dates import yesterday_utc
 from bullphish_billing.errors import USER_FACING_ERRORS
+from bullphish_billing.extract import ExtractResult
 from bullphish_billing.settings import load_settings
 from bullphish_billing.warehouse.db import open_warehouse
 from tasks import billing
@@ -23,23 +32,38 @@ def daily_billing(
     usage_date: dt.date | None = None,
     partner_ids: list[str] | None = None,
     dry_run: bool = False,
+    force: bool = False,
+    lease_wait_s: float = lease.DEFAULT_WAIT_S,
 ) -> outcomes.RunSummary:
     """Bill one usage date (default: yesterday, UTC): extract, validate, aggregate, deliver.
 
     Configuration comes from the environment (never from parameters, which Prefect stores).
+    `force` re-sends every metric, changed or not (new keys: KaseyaOne applies them again).
+    A partner-date another run is billing is waited for, up to `lease_wait_s` seconds, then
+    left to that run and reported failed (`bullphish_billing/lease.py`).
     """
     day = usage_date or yesterday_utc()
     run_id = str(flow_run.get_id() or uuid.uuid4())
     try:
-        return _bill(day, partner_ids, dry_run, run_id)
+        with lease.run_leases(load_settings().warehouse, run_id) as leases:
+            return _bill(day, partner_ids, dry_run, run_id, leases, force, lease_wait_s)
     except USER_FACING_ERRORS as exc:
         # bad configuration or input: fail the run with a one-line message, no traceback
         get_run_logger().error("%s", exc)
         return Failed(message=str(exc), data=exc)
+    finally:
+        # the analysts' file, after every run that started, however it ended
+        billing.publish(day, run_id, return_state=True)
 
 
 def _bill(
-    day: dt.date, partner_ids: list[str] | None, dry_run: bool, run_id: str
+    day: dt.date,
+    partner_ids: list[str] | None,
+    dry_run: bool,
+    run_id: str,
+    leases: lease.RunLeases,
+    force: bool = False,
+    lease_wait_s: float = lease.DEFAULT_WAIT_S,
 ) -> outcomes.RunSummary:
     log = get_run_logger()
     settings = load_settings()
@@ -50,9 +74,13 @@ def _bill(
         stages.check_kaseyaone(settings)
     with open_warehouse(settings.warehouse) as con:
         outcomes.start_run(con, run_id, day, dry_run)
-    decisions = stages.select_partners(
-        billing.list_partners(settings, day, run_id), partner_ids, day
-    )
+
+    def waiting(key: lease.Key, holder: str) -> None:
+        log.warning("waiting for the %s: %s is billing it", key, holder)
+
+    with leases.holding(lease.partner_list(day), wait_s=lease_wait_s, on_wait=waiting):
+        listed = billing.list_partners(settings, day, run_id)
+    decisions = stages.select_partners(listed, partner_ids, day)
     billable = [d.partner_id for d in decisions if d.decision == "billable"]
     log.info(
         "%s: %d partners, %d billable, %d skipped, %d held",
@@ -62,16 +90,32 @@ def _bill(
         sum(d.decision == "skipped" for d in decisions),
         sum(d.decision == "held" for d in decisions),
     )
+    # two runs never bill the same partner-date at once: wait for it, or leave it and say so
+    keys = {lease.partner_date(day, p): p for p in billable}
+    busy = {
+        keys[key]: f"another run is billing it: {holder}; not billed by this run, run it again"
+        for key, holder in leases.acquire(keys, wait_s=lease_wait_s, on_wait=waiting).items()
+    }
+    billable = [p for p in billable if p not in busy]
     earlier = None
     if not dry_run:
         earlier = billing.deliver_pending(settings, run_id)  # rule 9: what a crash left first
     extracts = billing.extract(settings, day, billable, run_id)
+    extracts |= {p: ExtractResult(p, 0, 0, 0, error=reason) for p, reason in busy.items()}
     extracted = [p for p, r in extracts.items() if not r.error]
     evaluations = billing.evaluate(settings, day, sorted(extracted), run_id)
+    computed = sorted(p for p, e in evaluations.items() if not e.held)
+    changes = billing.notable_changes(settings, day, computed, run_id)
     report = None
     if not dry_run:
         to_send = sorted(p for p, e in evaluations.items() if not e.held)
-        report = billing.deliver(settings, day, to_send, run_id).report
+        if force:  # every current metric, as new batches; deliver then only sends
+            with open_warehouse(settings.warehouse) as con:
+                delivery.plan(con, day, to_send, run_id, force=True)
+        report = billing.deliver(settings, day, [] if force else to_send, run_id).report
+        fetched = billing.fetch_mappings.map(unmapped(settings), to_send, unmapped(day))
+        with leases.holding(lease.organization_mappings(), wait_s=lease_wait_s):
+            billing.store_mappings(settings, day, fetched, run_id)  # shared by every date
 
     summary = outcomes.RunSummary(
         run_id=run_id,
@@ -81,7 +125,7 @@ def _bill(
         earlier_batches_sent=earlier.report.batches_sent if earlier else 0,
     )
     with open_warehouse(settings.warehouse) as con:
-        summary.still_pending = 0 if dry_run else outcomes.pending_count(con)
+        summary.still_pending = 0 if dry_run else _still_pending(con, leases)
         summary.notes = reporting.unattributed_quarantine(con, day)
         outcomes.record(con, summary)
     create_table_artifact(
@@ -94,5 +138,28 @@ def _bill(
         markdown=reporting.issues_markdown(summary),
         description=f"Skipped, held, failed and rejected for {day}",
     )
+    create_markdown_artifact(
+        key=f"notable-changes-{day.isoformat()}",
+        markdown=notable.markdown(
+            changes, day, min_share=settings.notable_change, min_users=settings.notable_min_users
+        ),
+        description=f"Per-user counts that moved, modules switched, on {day}",
+    )
+    for outcome in summary.outcomes:  # one key per partner: its history on the Artifacts page
+        create_markdown_artifact(
+            key=partner_artifacts.key(outcome.partner_id),
+            markdown=partner_artifacts.markdown(outcome, changes),
+            description=f"{outcome.partner_id} on {day}: {outcome.status}",
+        )
     log.info("%s", reporting.one_line(summary))
     return summary
+
+
+def _still_pending(con, leases: lease.RunLeases) -> int:
+    """Batches left pending, except those of partner-dates another live run holds (that run
+    sends them: they are no problem of this run)."""
+    return sum(
+        n
+        for usage_date, partner_id, n in delivery.pending_partner_dates(con)
+        if leases.free_or_ours(lease.partner_date(usage_date, partner_id))
+    )

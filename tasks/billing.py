@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import datetime as dt
 
-from prefect import task
+import duckdb
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from bullphish_billing import stages
+from bullphish_billing import mappings, stages
 from bullphish_billing.billing_rules import Evaluation, PartnerDecision
 from bullphish_billing.extract import ExtractResult
-from bullphish_billing.settings import Settings
+from bullphish_billing.notable import NotableChange
+from bullphish_billing.publish import PublishResult
+from bullphish_billing.settings import ConfigurationError, Settings, load_settings
+from bullphish_billing.warehouse.db import WarehouseError
 
 
 @task(
@@ -62,3 +66,65 @@ def deliver(
     settings: Settings, usage_date: dt.date, partner_ids: list[str], run_id: str
 ) -> stages.DeliveryOutcome:
     return stages.deliver(settings, usage_date, partner_ids, run_id)
+
+
+@task(name="notable-changes", task_run_name="notable-changes-{usage_date}", cache_policy=NO_CACHE)
+def notable_changes(
+    settings: Settings, usage_date: dt.date, partner_ids: list[str], run_id: str
+) -> list[NotableChange]:
+    return stages.notable_changes(settings, usage_date, partner_ids, run_id)
+
+
+@task(
+    name="fetch-mappings",
+    task_run_name="mappings-{partner_id}-{usage_date}",
+    cache_policy=NO_CACHE,
+)
+def fetch_mappings(
+    settings: Settings, partner_id: str, usage_date: dt.date
+) -> mappings.MappingFetch:
+    """One partner's organization mappings. They only inform analysts, so no failure of
+    this task may fail the run: it is returned as a `failed` fetch and logged."""
+    try:
+        result = stages.fetch_mappings(settings, partner_id)
+    except Exception as exc:  # noqa: BLE001 - informational: never fails the run
+        error = " ".join(str(exc).split())
+        result = mappings.MappingFetch(partner_id, mappings.FAILED, error=error)
+    if result.status == mappings.FAILED:
+        get_run_logger().warning(
+            "organization mappings of %s not fetched (the previous ones stay): %s",
+            partner_id,
+            result.error,
+        )
+    return result
+
+
+@task(name="store-mappings", task_run_name="store-mappings-{usage_date}", cache_policy=NO_CACHE)
+def store_mappings(
+    settings: Settings, usage_date: dt.date, fetches: list[mappings.MappingFetch], run_id: str
+) -> int:
+    return stages.store_mappings(settings, fetches, run_id)
+
+
+@task(name="publish", task_run_name="publish-{usage_date}", cache_policy=NO_CACHE)
+def publish(usage_date: dt.date, run_id: str) -> PublishResult | None:
+    """Publish the analysts' file. Settings are read here (not passed) because the flow calls
+    this after any end of a run, even one whose settings could not be read."""
+    try:
+        settings = load_settings()
+    except ConfigurationError:
+        return None
+    try:
+        result = stages.publish_analytics(settings, run_id)
+    except (WarehouseError, OSError, duckdb.Error) as exc:  # the run's outcome stands
+        get_run_logger().error(
+            "the analysts' file %s was not published (it keeps the previous run): %s",
+            settings.analytics_path,
+            " ".join(str(exc).split()),
+        )
+        return None
+    if result is not None:
+        get_run_logger().info(
+            "published %s (%d rows, %.1f s)", result.path, result.rows, result.seconds
+        )
+    return result

@@ -278,11 +278,15 @@ def test_every_table_and_column_is_commented(con):
 
 
 def test_rule7_an_organization_served_twice_with_conflicting_content_is_held(con):
-    load(con, [partner("p_1")],
-         {"p_1": [org("o_a", "p_1"), org("o_dup", "p_1", ph=True), org("o_dup", "p_1", ph=False)]},
-         {"p_1": [target("t_1", "o_dup"), target("t_2", "o_a")]})
+    load(
+        con,
+        [partner("p_1")],
+        {"p_1": [org("o_a", "p_1"), org("o_dup", "p_1", ph=True), org("o_dup", "p_1", ph=False)]},
+        {"p_1": [target("t_1", "o_dup"), target("t_2", "o_a")]},
+    )
     ev = evaluate(con, ["p_1"])["p_1"]
     assert {o for o, _ in metrics(con, "p_1")} == {"o_a"}
     assert [r[:3] for r in quarantine(con, "p_1")] == [
-        ("organization", "o_dup", DUPLICATE_CONFLICT)] * 2  # t_1 is neither counted nor quarantined
+        ("organization", "o_dup", DUPLICATE_CONFLICT)
+    ] * 2  # t_1 is neither counted nor quarantined
     assert ev.organizations_held == 1

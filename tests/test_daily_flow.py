@@ -69,7 +69,7 @@ def assert_no_personal_data(path) -> None:
         assert columns
         for schema, table, column in columns:
             hits = con.execute(
-                f'SELECT count(*) FROM {schema}.{table} '
+                f"SELECT count(*) FROM {schema}.{table} "
                 f"WHERE regexp_matches(\"{column}\"::VARCHAR, '[^@\\s]+@[^@\\s]+\\.[a-z]+')"
             ).fetchall()[0][0]
             assert hits == 0, f"{schema}.{table}.{column} holds email-shaped values"

@@ -49,8 +49,9 @@ def sandbox():
 def test_a_partner_date_is_sent_in_batches_of_at_most_1000(con):
     set_metrics(con, "p_0002", {f"o_x{i:04d}": 1 for i in range(1234)})
     assert delivery.plan(con, DAY, ["p_0002"], "test") == 2
-    sizes = [r[0] for r in con.execute(
-        "SELECT metrics FROM ops.outbox ORDER BY batch_no").fetchall()]
+    sizes = [
+        r[0] for r in con.execute("SELECT metrics FROM ops.outbox ORDER BY batch_no").fetchall()
+    ]
     assert sizes == [1000, 234]
     keys = [r[0] for r in con.execute("SELECT idempotency_key FROM ops.outbox").fetchall()]
     assert len(set(keys)) == 2
@@ -77,20 +78,33 @@ def test_changing_back_to_earlier_numbers_is_sent_again_not_replayed(con, sandbo
         set_metrics(con, "p_0002", {org: units})
         assert deliver(sandbox, con, "p_0002") == 1
         assert not sandbox.kaseyaone.requests[-1].replayed
-        stored = {m["organization_id"]: m["units"]
-                  for m in sandbox.kaseyaone.stored("p_0002", DAY) if m["billing_type"] == TYPE}
+        stored = {
+            m["organization_id"]: m["units"]
+            for m in sandbox.kaseyaone.stored("p_0002", DAY)
+            if m["billing_type"] == TYPE
+        }
         assert stored[org] == units
-    keys = [r[0] for r in con.execute(
-        "SELECT idempotency_key FROM ops.outbox WHERE status = 'acknowledged'").fetchall()]
+    keys = [
+        r[0]
+        for r in con.execute(
+            "SELECT idempotency_key FROM ops.outbox WHERE status = 'acknowledged'"
+        ).fetchall()
+    ]
     assert len(set(keys)) == 3
 
 
 def test_the_key_is_derived_from_the_content():
-    payload = {"module": "bullphish-id", "partner_id": "p_1", "usage_date": "2026-11-20",
-               "metrics": [{"organization_id": "o_1", "billing_type": TYPE, "units": 1}]}
+    payload = {
+        "module": "bullphish-id",
+        "partner_id": "p_1",
+        "usage_date": "2026-11-20",
+        "metrics": [{"organization_id": "o_1", "billing_type": TYPE, "units": 1}],
+    }
     same = dict(reversed(list(payload.items())))
     assert delivery.idempotency_key(payload, "genesis") == delivery.idempotency_key(same, "genesis")
     other = payload | {"metrics": [{"organization_id": "o_1", "billing_type": TYPE, "units": 0}]}
-    assert delivery.idempotency_key(other, "genesis") != delivery.idempotency_key(payload, "genesis")
+    assert delivery.idempotency_key(other, "genesis") != delivery.idempotency_key(
+        payload, "genesis"
+    )
     key = delivery.idempotency_key(payload, "genesis")
     assert 1 <= len(key) <= 255 and key.isascii() and " " not in key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -13,7 +14,7 @@ from urllib.parse import quote
 import orjson
 from pydantic import SecretStr
 
-from .errors import ContractViolationError
+from .errors import ApiError, ContractViolationError
 from .retry import Call, RetryPolicy
 from .session import ApiSession, redactor
 
@@ -40,7 +41,9 @@ class UsageResult:
 
 class _ClientCredentials:
     """OAuth2 client-credentials token source: one cached token, at most one fetch at a time
-    however many requests wait for it."""
+    however many requests wait for it. When a fetch fails, the requests that were waiting for
+    it fail with it at once, instead of each spending a full retry budget of its own in turn
+    (with KaseyaOne down, that queue would make a run last requests x deadline)."""
 
     def __init__(self, session: ApiSession, client_id: str, client_secret: SecretStr) -> None:
         self._session = session
@@ -54,6 +57,8 @@ class _ClientCredentials:
         self._lock = asyncio.Lock()
         self._token: SecretStr | None = None
         self._fresh_until = 0.0
+        self._fetches_done = 0
+        self._failure: ApiError | None = None  # how the last fetch failed, if it did
 
     def current(self) -> str | None:
         return self._token.get_secret_value() if self._token is not None else None
@@ -63,8 +68,11 @@ class _ClientCredentials:
 
     async def token(self) -> str:
         if not self._usable():
+            seen = self._fetches_done
             async with self._lock:
                 if not self._usable():
+                    if self._fetches_done != seen and self._failure is not None:
+                        raise copy.copy(self._failure)  # the fetch this request waited for
                     await self._fetch()
         assert self._token is not None
         return self._token.get_secret_value()
@@ -77,6 +85,16 @@ class _ClientCredentials:
         return True
 
     async def _fetch(self) -> None:
+        self._failure = None
+        try:
+            await self._fetch_once()
+        except ApiError as exc:
+            self._failure = exc
+            raise
+        finally:
+            self._fetches_done += 1
+
+    async def _fetch_once(self) -> None:
         self._token = None
         asked_at = asyncio.get_running_loop().time()
         form = {
@@ -176,9 +194,15 @@ class KaseyaOneClient:
             headers={"Content-Type": "application/json", "Idempotency-Key": idempotency_key},
         )
         response = await self._session.send(call, self._auth)
-        return self._usage_result(response.status, response.body)
+        metrics = batch.get("metrics")
+        size = len(metrics) if isinstance(metrics, list) else None
+        return self._usage_result(response.status, response.body, size)
 
-    def _usage_result(self, status: int, body: Any) -> UsageResult:
+    def _usage_result(self, status: int, body: Any, size: int | None = None) -> UsageResult:
+        """The answer, checked: a rejection that names no metric of the batch (an index out of
+        range, or one index twice) cannot be recorded against a metric, so it breaks the
+        contract rather than being dropped."""
+
         def violation(what: str) -> ContractViolationError:
             return self._session.contract_error(what, "POST", USAGE_PATH, status)
 
@@ -198,6 +222,11 @@ class KaseyaOneClient:
             if not _is_count(index) or not isinstance(reason, str):
                 raise violation("a 'rejected' item lacks an integer index and a string reason")
             pairs.append((index, reason))
+        indices = [index for index, _ in pairs]
+        if size is not None and any(index >= size for index in indices):
+            raise violation(f"usage result rejects a metric index beyond the batch of {size}")
+        if len(set(indices)) != len(indices):
+            raise violation("usage result rejects the same metric index twice")
         return UsageResult(accepted=accepted, rejected=pairs, replayed=replayed, status=status)
 
     async def list_stored_usage(self, partner_id: str, usage_date: date) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -33,6 +34,8 @@ class RetryPolicy:
 
     `max_retry_after_s` caps a server's `Retry-After`; a wait that would overrun the request
     deadline ends the request at once with RetriesExhaustedError instead of sleeping in vain.
+    `run_deadline`, a `time.monotonic()` instant, bounds every request of a run as a whole: a
+    request ends at the earlier of its own deadline and the run's, and none starts after it.
     """
 
     max_attempts: int = 8
@@ -42,6 +45,7 @@ class RetryPolicy:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
     max_retry_after_s: float = 60.0
+    run_deadline: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -167,6 +171,7 @@ async def send_with_retries(
     method = call.method.upper()
     path = http.build_request(method, call.path).url.path
     deadline: float | None = None
+    limit = "request deadline"
     started = 0.0
     attempt = 0
     refreshed = False
@@ -192,30 +197,40 @@ async def send_with_retries(
             # Outside the slot: a token fetch needs a slot of its own.
             token = await auth.token()
             headers["Authorization"] = f"Bearer {token}"
-        request = http.build_request(
-            method,
-            call.path,
-            params=call.params,
-            content=call.content,
-            data=call.data,
-            headers=headers,
-        )
+        try:
+            request = http.build_request(
+                method,
+                call.path,
+                params=call.params,
+                content=call.content,
+                data=call.data,
+                headers=headers,
+            )
+        except httpx.InvalidURL as exc:  # e.g. a cursor from the server too long for a URL
+            raise FinalApiError(
+                f"request cannot be built: InvalidURL: {redact(str(exc))}",
+                api=api,
+                method=method,
+                path=path,
+            ) from None
         response: httpx.Response | None = None
         async with slots:
             now = loop.time()
             if deadline is None:
                 started, deadline = now, now + policy.request_deadline_s
+                if policy.run_deadline is not None:
+                    run_end = now + (policy.run_deadline - time.monotonic())
+                    if run_end < deadline:
+                        deadline, limit = run_end, "run deadline"
             remaining = deadline - now
             if remaining <= 0:
-                raise exhausted("deadline reached")
+                raise exhausted(f"{limit} reached")
             attempt += 1
             try:
                 async with asyncio.timeout(remaining):
                     response = await http.send(request)
             except TimeoutError:
-                last = _Failure(
-                    f"no complete response within the {policy.request_deadline_s}s request deadline"
-                )
+                last = _Failure(f"no complete response before the {limit}")
             except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
                 raise FinalApiError(
                     f"request cannot be sent: {type(exc).__name__}: {redact(str(exc))}",
@@ -280,7 +295,7 @@ async def send_with_retries(
             raise exhausted(f"max_attempts={policy.max_attempts}")
         delay = policy.backoff_s(attempt) if last.retry_after_s is None else last.retry_after_s
         if loop.time() + delay >= deadline:
-            raise exhausted(f"a {delay:.2f}s wait would pass the request deadline")
+            raise exhausted(f"a {delay:.2f}s wait would pass the {limit}")
         logger.info(
             "%s %s %s: attempt %d/%d failed (%s); retrying in %.2fs",
             api,

@@ -1,7 +1,9 @@
 """Opening the warehouse: one short-lived read-write connection per stage.
 
 DuckDB lets one process hold a file read-write; a second writer (another run, an analyst's
-read-write CLI) makes `connect` fail. That failure becomes a one-line `WarehouseError`.
+read-write CLI) makes `connect` fail. That failure becomes a one-line `WarehouseError`, and
+so does a write that the storage refuses while the connection is open (a full disk, a file
+system turned read-only): DuckDB rolls the transaction back, so nothing half-written stays.
 """
 
 from __future__ import annotations
@@ -24,6 +26,31 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
 
+# what DuckDB (or the OS) says when the storage, not the SQL, is at fault
+_STORAGE_FAILURES = (
+    "no space left on device",
+    "disk quota exceeded",
+    "read-only file system",
+    "could not write file",
+    "could not truncate file",
+    "permission denied",
+    "database has been invalidated",
+)
+
+
+def storage_failure(exc: BaseException) -> BaseException | None:
+    """The exception in `exc`'s chain that says the storage refused a write, if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, duckdb.IOException) or (
+            isinstance(seen, (duckdb.Error, OSError))
+            and any(s in str(seen).lower() for s in _STORAGE_FAILURES)
+        ):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 @contextmanager
 def open_warehouse(path: Path | str) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-write connection to the warehouse, schema applied, closed on exit."""
@@ -36,7 +63,7 @@ def open_warehouse(path: Path | str) -> Iterator[duckdb.DuckDBPyConnection]:
         if "lock" in text.lower():
             raise WarehouseError(
                 f"the warehouse {path} is locked by another process (another run, or a "
-                "read-write DuckDB session): close it or wait"
+                "DuckDB session open on it, even read-only): close it or wait"
             ) from None
         raise WarehouseError(f"cannot open the warehouse {path}: {_one_line(exc)}") from None
     except (OSError, duckdb.Error) as exc:
@@ -47,6 +74,11 @@ def open_warehouse(path: Path | str) -> Iterator[duckdb.DuckDBPyConnection]:
         except SchemaVersionError as exc:
             raise WarehouseError(str(exc)) from None
         yield con
+    except (duckdb.Error, OSError) as exc:
+        failure = storage_failure(exc)
+        if failure is None:
+            raise
+        raise WarehouseError(f"cannot write the warehouse {path}: {_one_line(failure)}") from None
     finally:
         con.close()
 

@@ -3,7 +3,8 @@
 Layers, as schemas:
 - `raw`: what BullPhish ID served for a usage date, per record validated, personal data dropped;
 - `ops`: how the feed ran: runs, partner-date outcomes, quarantine, the delivery outbox;
-- `main`: what analysts query (`billing_metrics`).
+- `main`: what analysts query (`billing_metrics` and the views of `views.py`, created here by
+  `migrate` with the tables).
 
 The schema is versioned: `ops.schema_version` holds the version applied; `migrate` creates a new
 warehouse and refuses one written by a newer version of this program.
@@ -11,9 +12,12 @@ warehouse and refuses one written by a newer version of this program.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import duckdb
+
+from bullphish_billing.warehouse.views import create_views
 
 SCHEMA_VERSION = 1
 
@@ -36,9 +40,9 @@ class Table:
     columns: tuple[Column, ...]
     primary_key: tuple[str, ...] = ()
 
-    def ddl(self) -> str:
+    def ddl(self, keys: bool = True) -> str:
         cols = [f"{c.name} {c.type}" for c in self.columns]
-        if self.primary_key:
+        if self.primary_key and keys:
             cols.append(f"PRIMARY KEY ({', '.join(self.primary_key)})")
         return f"CREATE TABLE IF NOT EXISTS {self.name} (\n  " + ",\n  ".join(cols) + "\n)"
 
@@ -201,7 +205,11 @@ TABLES: tuple[Table, ...] = (
             _c("records_received", "BIGINT", "Organization and target records received."),
             _c("records_quarantined", "BIGINT", "Of those, quarantined."),
             _c("metrics_computed", "INTEGER", "Metrics computed for the partner-date."),
-            _c("metrics_held", "INTEGER", "Metrics not computed because their organization or the whole partner-date is held."),
+            _c(
+                "metrics_held",
+                "INTEGER",
+                "Metrics not computed because their organization or the whole partner-date is held.",
+            ),
             _c("metrics_sent", "INTEGER", "Metrics sent to KaseyaOne by this run."),
             _c(
                 "metrics_rejected",
@@ -309,6 +317,74 @@ TABLES: tuple[Table, ...] = (
         ),
         ("usage_date", "partner_id", "organization_id", "billing_type"),
     ),
+    Table(
+        "ops.mapping_fetches",
+        "The last successful fetch of each partner's organization mappings from KaseyaOne "
+        "(a failed fetch leaves the previous one in place and is only logged).",
+        (
+            _c("partner_id", "VARCHAR NOT NULL", "BullPhish ID partner (MSP) id."),
+            _c(
+                "status",
+                "VARCHAR NOT NULL",
+                "linked (mappings fetched) or not_linked (KaseyaOne answered 404: the partner "
+                "is not linked, so nothing of it is mapped).",
+            ),
+            _c("mappings", "INTEGER NOT NULL", "Mappings KaseyaOne returned."),
+            _c("fetched_at", "TIMESTAMPTZ NOT NULL", "When they were fetched."),
+            RUN_ID,
+        ),
+        ("partner_id",),
+    ),
+    Table(
+        "ops.organization_mappings",
+        "KaseyaOne's organization mappings: which BullPhish ID organization the partner's PSA "
+        "invoices as which PSA company. A billed organization not listed here is unmapped "
+        "(main.unmapped_organizations). Replaced per partner on each fetch.",
+        (
+            PARTNER_ID,
+            _c(
+                "organization_id",
+                "VARCHAR NOT NULL",
+                "BullPhish ID organization id (module_organization_id).",
+            ),
+            _c("psa", "VARCHAR", "autotask or bms."),
+            _c("psa_company_id", "VARCHAR", "The PSA company the organization is mapped to."),
+            _c("psa_company_name", "VARCHAR", "That company's name in the PSA."),
+            _c("fetched_at", "TIMESTAMPTZ NOT NULL", "When the mapping was fetched."),
+            RUN_ID,
+        ),
+        ("partner_id", "organization_id"),
+    ),
+    Table(
+        "ops.notable_changes",
+        "Notable changes of a usage date against the previous day's metrics, per partner, "
+        "organization and billing type: per-user counts that moved by more than "
+        "BILLING_NOTABLE_CHANGE (share, default 20%) and at least BILLING_NOTABLE_MIN_USERS "
+        "(default 5), and modules switched on or off. Replaced per partner-date by each run "
+        "that computes its metrics.",
+        (
+            USAGE_DATE,
+            PARTNER_ID,
+            _c("organization_id", "VARCHAR NOT NULL", "BullPhish ID organization id."),
+            _c("billing_type", "VARCHAR NOT NULL", "The billing type that moved."),
+            _c(
+                "change",
+                "VARCHAR NOT NULL",
+                "users_up, users_down (per-user count moved), module_on or module_off.",
+            ),
+            _c("previous_units", "BIGINT", "Units on the previous day (compared_with)."),
+            _c("units", "BIGINT", "Units on usage_date."),
+            _c(
+                "change_share",
+                "DOUBLE",
+                "(units - previous_units) / previous_units; NULL when previous_units is 0.",
+            ),
+            _c("compared_with", "DATE NOT NULL", "The previous day: usage_date - 1."),
+            RUN_ID,
+            _c("detected_at", "TIMESTAMPTZ NOT NULL", "When the change was detected."),
+        ),
+        ("usage_date", "partner_id", "organization_id", "billing_type"),
+    ),
 )
 
 SCHEMAS = ("raw", "ops")
@@ -318,8 +394,23 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def migrate(con: duckdb.DuckDBPyConnection) -> int:
-    """Create the schema if the warehouse is new; return the version in force."""
+_MIGRATING = threading.Lock()
+"""Connections of one process share the database (runs side by side: a backfill's dates). Two
+that create the schema at the same moment fail with "Catalog write-write conflict"
+(measured on 2.0.1), so one process migrates one connection at a time. Across processes,
+DuckDB's lock on the file already keeps them apart."""
+
+
+def migrate(con: duckdb.DuckDBPyConnection, *, keys: bool = True) -> int:
+    """Create the schema if the warehouse is new; return the version in force.
+
+    `keys=False` leaves out the primary keys: for the analysts' read-only copy (`publish`),
+    where their indexes would be most of the file's size and of the time to write it."""
+    with _MIGRATING:
+        return _migrate(con, keys)
+
+
+def _migrate(con: duckdb.DuckDBPyConnection, keys: bool) -> int:
     for schema in SCHEMAS:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     con.execute(TABLES[0].ddl())
@@ -334,10 +425,11 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
     con.execute("BEGIN")
     try:
         for table in TABLES:
-            con.execute(table.ddl())
+            con.execute(table.ddl(keys))
             con.execute(f"COMMENT ON TABLE {table.name} IS {_quote(table.comment)}")
             for col in table.columns:
                 con.execute(f"COMMENT ON COLUMN {table.name}.{col.name} IS {_quote(col.comment)}")
+        create_views(con)
         con.execute("INSERT INTO ops.schema_version VALUES (?, now())", [SCHEMA_VERSION])
         con.execute("COMMIT")
     except Exception:
