@@ -15,14 +15,28 @@ import datetime as dt
 import duckdb
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 
 from bullphish_billing import mappings, stages
 from bullphish_billing.billing_rules import Evaluation, PartnerDecision
+from bullphish_billing.errors import USER_FACING_ERRORS
 from bullphish_billing.extract import ExtractResult
 from bullphish_billing.notable import NotableChange
 from bullphish_billing.publish import PublishResult
 from bullphish_billing.settings import ConfigurationError, Settings, load_settings
 from bullphish_billing.warehouse.db import WarehouseError
+
+
+def _worth_retrying(task: object, task_run: object, state: State) -> bool:
+    """Retry a stage that failed on the way to an API, not one that failed on bad
+    configuration or an unusable warehouse: those would fail the same way again."""
+    try:
+        state.result()
+    except USER_FACING_ERRORS:
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be transient
+        return True
+    return True
 
 
 @task(
@@ -31,6 +45,7 @@ from bullphish_billing.warehouse.db import WarehouseError
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=[10, 60],
+    retry_condition_fn=_worth_retrying,
 )
 def list_partners(settings: Settings, usage_date: dt.date, run_id: str) -> list[PartnerDecision]:
     return stages.list_partners(settings, usage_date, run_id)
@@ -47,6 +62,7 @@ def deliver_pending(settings: Settings, run_id: str) -> stages.DeliveryOutcome:
     cache_policy=NO_CACHE,
     retries=1,
     retry_delay_seconds=30,
+    retry_condition_fn=_worth_retrying,
 )
 def extract(
     settings: Settings, usage_date: dt.date, partner_ids: list[str], run_id: str
@@ -75,35 +91,28 @@ def notable_changes(
     return stages.notable_changes(settings, usage_date, partner_ids, run_id)
 
 
-@task(
-    name="fetch-mappings",
-    task_run_name="mappings-{partner_id}-{usage_date}",
-    cache_policy=NO_CACHE,
-)
-def fetch_mappings(
-    settings: Settings, partner_id: str, usage_date: dt.date
-) -> mappings.MappingFetch:
-    """One partner's organization mappings. They only inform analysts, so no failure of
-    this task may fail the run: it is returned as a `failed` fetch and logged."""
+@task(name="mappings", task_run_name="mappings-{usage_date}", cache_policy=NO_CACHE)
+def organization_mappings(
+    settings: Settings, usage_date: dt.date, partner_ids: list[str], run_id: str
+) -> list[mappings.MappingFetch]:
+    """The delivered partners' organization mappings. They only inform analysts, so nothing
+    here may fail the run: a failure is logged and the previous mappings stay."""
     try:
-        result = stages.fetch_mappings(settings, partner_id)
+        fetches = stages.organization_mappings(settings, partner_ids, run_id)
     except Exception as exc:  # noqa: BLE001 - informational: never fails the run
-        error = " ".join(str(exc).split())
-        result = mappings.MappingFetch(partner_id, mappings.FAILED, error=error)
-    if result.status == mappings.FAILED:
         get_run_logger().warning(
-            "organization mappings of %s not fetched (the previous ones stay): %s",
-            partner_id,
-            result.error,
+            "organization mappings not fetched (the previous ones stay): %s",
+            " ".join(str(exc).split()),
         )
-    return result
-
-
-@task(name="store-mappings", task_run_name="store-mappings-{usage_date}", cache_policy=NO_CACHE)
-def store_mappings(
-    settings: Settings, usage_date: dt.date, fetches: list[mappings.MappingFetch], run_id: str
-) -> int:
-    return stages.store_mappings(settings, fetches, run_id)
+        return []
+    for fetch in fetches:
+        if fetch.status == mappings.FAILED:
+            get_run_logger().warning(
+                "organization mappings of %s not fetched (the previous ones stay): %s",
+                fetch.partner_id,
+                fetch.error,
+            )
+    return fetches
 
 
 @task(name="publish", task_run_name="publish-{usage_date}", cache_policy=NO_CACHE)
