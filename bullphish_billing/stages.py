@@ -206,23 +206,20 @@ def check_kaseyaone(settings: Settings) -> None:
         return
 
 
-def organization_mappings(
-    settings: Settings, partner_ids: list[str], run_id: str
-) -> list[mappings.MappingFetch]:
-    """Fetch the partners' organization mappings from KaseyaOne, side by side over one client
-    (a 404 means not linked: normal), and store them; a failed fetch keeps the partner's
-    previous mappings. Returns every fetch, failed ones included."""
+def fetch_mappings(settings: Settings, partner_id: str) -> mappings.MappingFetch:
+    """One partner's organization mappings from KaseyaOne (404: not linked, normal)."""
 
-    async def fetch_all() -> list[mappings.MappingFetch]:
+    async def fetch() -> mappings.MappingFetch:
         async with kaseyaone_client(settings) as client:
-            return list(await asyncio.gather(*(mappings.fetch(client, p) for p in partner_ids)))
+            return await mappings.fetch(client, partner_id)
 
-    if not partner_ids:
-        return []
-    fetches = asyncio.run(fetch_all())
+    return asyncio.run(fetch())
+
+
+def store_mappings(settings: Settings, fetches: list[mappings.MappingFetch], run_id: str) -> int:
+    """Store the fetched mappings (failed fetches keep the partner's previous ones)."""
     with open_warehouse(settings.warehouse) as con:
-        mappings.store(con, fetches, run_id)
-    return fetches
+        return mappings.store(con, fetches, run_id)
 
 
 def notable_changes(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed
@@ -113,8 +113,9 @@ def _bill(
             with open_warehouse(settings.warehouse) as con:
                 delivery.plan(con, day, to_send, run_id, force=True)
         report = billing.deliver(settings, day, [] if force else to_send, run_id).report
+        fetched = billing.fetch_mappings.map(unmapped(settings), to_send, unmapped(day))
         with leases.holding(lease.organization_mappings(), wait_s=lease_wait_s):
-            billing.organization_mappings(settings, day, to_send, run_id)  # shared by every date
+            billing.store_mappings(settings, day, fetched, run_id)  # shared by every date
 
     summary = outcomes.RunSummary(
         run_id=run_id,

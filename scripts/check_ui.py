@@ -184,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             t["name"]
             for t in api(api_url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
         )
-        stage_tasks = [t for t in task_names if t.startswith(("extract-", "mappings-"))]
+        partner_tasks = [t for t in task_names if t.startswith("mappings-p_")]
         checks.check(
-            len(stage_tasks) == 2 and all(t.endswith(f"-{day}") for t in stage_tasks),
-            f"stage task runs are named with their date ({stage_tasks})",
+            bool(partner_tasks) and all(t.endswith(f"-{day}") for t in partner_tasks),
+            f"per-partner task runs are named with partner and date ({partner_tasks[:2]} ...)",
         )
         artifacts = api(
             api_url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}
@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         checks.check(
             f"publish-{day}" in dom["flow-run-task-runs.png"]
-            and f"mappings-{day}" in dom["flow-run-task-runs.png"],
-            "the flow-run page's Task Runs tab lists them, named with their date",
+            and f"mappings-p_0002-{day}" in dom["flow-run-task-runs.png"],
+            "the flow-run page's Task Runs tab lists them, named with partner and date",
         )
         checks.check(
             "billing-p-0002" in dom["flow-run-artifacts.png"]

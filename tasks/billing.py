@@ -91,28 +91,35 @@ def notable_changes(
     return stages.notable_changes(settings, usage_date, partner_ids, run_id)
 
 
-@task(name="mappings", task_run_name="mappings-{usage_date}", cache_policy=NO_CACHE)
-def organization_mappings(
-    settings: Settings, usage_date: dt.date, partner_ids: list[str], run_id: str
-) -> list[mappings.MappingFetch]:
-    """The delivered partners' organization mappings. They only inform analysts, so nothing
-    here may fail the run: a failure is logged and the previous mappings stay."""
+@task(
+    name="fetch-mappings",
+    task_run_name="mappings-{partner_id}-{usage_date}",
+    cache_policy=NO_CACHE,
+)
+def fetch_mappings(
+    settings: Settings, partner_id: str, usage_date: dt.date
+) -> mappings.MappingFetch:
+    """One partner's organization mappings. They only inform analysts, so no failure of
+    this task may fail the run: it is returned as a `failed` fetch and logged."""
     try:
-        fetches = stages.organization_mappings(settings, partner_ids, run_id)
+        result = stages.fetch_mappings(settings, partner_id)
     except Exception as exc:  # noqa: BLE001 - informational: never fails the run
+        error = " ".join(str(exc).split())
+        result = mappings.MappingFetch(partner_id, mappings.FAILED, error=error)
+    if result.status == mappings.FAILED:
         get_run_logger().warning(
-            "organization mappings not fetched (the previous ones stay): %s",
-            " ".join(str(exc).split()),
+            "organization mappings of %s not fetched (the previous ones stay): %s",
+            partner_id,
+            result.error,
         )
-        return []
-    for fetch in fetches:
-        if fetch.status == mappings.FAILED:
-            get_run_logger().warning(
-                "organization mappings of %s not fetched (the previous ones stay): %s",
-                fetch.partner_id,
-                fetch.error,
-            )
-    return fetches
+    return result
+
+
+@task(name="store-mappings", task_run_name="store-mappings-{usage_date}", cache_policy=NO_CACHE)
+def store_mappings(
+    settings: Settings, usage_date: dt.date, fetches: list[mappings.MappingFetch], run_id: str
+) -> int:
+    return stages.store_mappings(settings, fetches, run_id)
 
 
 @task(name="publish", task_run_name="publish-{usage_date}", cache_policy=NO_CACHE)
