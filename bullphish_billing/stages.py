@@ -156,10 +156,13 @@ def deliver(
     usage_date: dt.date | None,
     partner_ids: list[str],
     run_id: str,
+    *,
+    force: bool = False,
 ) -> DeliveryOutcome:
-    """Plan the partner-dates' changed metrics into the outbox, then send every pending batch
-    (earlier runs' first). With `usage_date` None, only what earlier runs left is sent: their
-    pending batches, and what a run that died before planning had computed."""
+    """Plan the partner-dates' changed metrics into the outbox (with `force`, every current
+    metric), then send every pending batch (earlier runs' first). With `usage_date` None, only
+    what earlier runs left is sent: their pending batches, and what a run that died before
+    planning had computed."""
 
     async def send() -> delivery.DeliveryReport:
         async with kaseyaone_client(settings) as client:
@@ -170,7 +173,7 @@ def deliver(
     if usage_date is not None and partner_ids:
         crashpoint("after-compute")
         with open_warehouse(settings.warehouse) as con:
-            planned = delivery.plan(con, usage_date, partner_ids, run_id)
+            planned = delivery.plan(con, usage_date, partner_ids, run_id, force=force)
         crashpoint("after-plan")
     elif usage_date is None:
         with open_warehouse(settings.warehouse) as con:

@@ -109,10 +109,7 @@ def _bill(
     report = None
     if not dry_run:
         to_send = sorted(p for p, e in evaluations.items() if not e.held)
-        if force:  # every current metric, as new batches; deliver then only sends
-            with open_warehouse(settings.warehouse) as con:
-                delivery.plan(con, day, to_send, run_id, force=True)
-        report = billing.deliver(settings, day, [] if force else to_send, run_id).report
+        report = billing.deliver(settings, day, to_send, run_id, force=force).report
         fetched = billing.fetch_mappings.map(unmapped(settings), to_send, unmapped(day))
         with leases.holding(lease.organization_mappings(), wait_s=lease_wait_s):
             billing.store_mappings(settings, day, fetched, run_id)  # shared by every date

@@ -79,9 +79,13 @@ def evaluate(
 
 @task(name="deliver", task_run_name="deliver-{usage_date}", cache_policy=NO_CACHE)
 def deliver(
-    settings: Settings, usage_date: dt.date, partner_ids: list[str], run_id: str
+    settings: Settings,
+    usage_date: dt.date,
+    partner_ids: list[str],
+    run_id: str,
+    force: bool = False,
 ) -> stages.DeliveryOutcome:
-    return stages.deliver(settings, usage_date, partner_ids, run_id)
+    return stages.deliver(settings, usage_date, partner_ids, run_id, force=force)
 
 
 @task(name="notable-changes", task_run_name="notable-changes-{usage_date}", cache_policy=NO_CACHE)

@@ -30,6 +30,25 @@ def con(warehouse_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         yield connection
 
 
+@pytest.fixture
+def configure(monkeypatch, warehouse_path):
+    """Point this test's environment at a running sandbox and `warehouse_path`:
+    `configure(sandbox, bullphish_url=..., kaseyaone_url=..., BILLING_X=value, ...)` (the URLs
+    override the sandbox's; keyword settings are set as environment variables)."""
+    from sandbox_env import sandbox_env
+
+    def apply(sandbox, *, bullphish_url: str = "", kaseyaone_url: str = "", **extra) -> None:
+        env = sandbox_env(sandbox, warehouse_path)
+        env["BULLPHISH_API_URL"] = bullphish_url or env["BULLPHISH_API_URL"]
+        env["KASEYAONE_API_URL"] = kaseyaone_url or env["KASEYAONE_API_URL"]
+        for name in ("BILLING_HTTP_DEADLINE_S", "BILLING_RUN_DEADLINE_S"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in (env | {k: str(v) for k, v in extra.items()}).items():
+            monkeypatch.setenv(name, value)
+
+    return apply
+
+
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness

@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from oracle import Expected, expected_billing, expected_in_kaseyaone
+from sandbox_env import stored
 
 from bullphish_billing.sandbox import RunningSandbox
 
@@ -72,14 +73,6 @@ def output(result: subprocess.CompletedProcess) -> str:
 def our_error_lines(result: subprocess.CompletedProcess) -> list[str]:
     """The CLI's own error lines (Prefect may log around them)."""
     return [line for line in result.stderr.splitlines() if line.startswith("bullphish-billing")]
-
-
-def stored(sandbox: RunningSandbox, day: dt.date) -> dict[tuple[str, str, str], int]:
-    """What KaseyaOne holds for the date: (partner, organization, billing type) -> units."""
-    return {
-        (m["partner_id"], m["organization_id"], m["billing_type"]): m["units"]
-        for m in sandbox.kaseyaone.stored(usage_date=day)
-    }
 
 
 _ORACLE: dict[tuple, tuple[Expected, dict[tuple[str, str, str], int]]] = {}

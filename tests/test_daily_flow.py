@@ -12,6 +12,7 @@ from collections import Counter
 import duckdb
 import pytest
 from oracle import expected_billing, expected_in_kaseyaone
+from sandbox_env import stored
 
 from bullphish_billing.dates import yesterday_utc
 from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
@@ -28,29 +29,6 @@ FAULTY = SandboxConfig(
     token_lifetime_s=1,
     malformed_rate=0.01,
 )
-
-
-@pytest.fixture
-def configure(monkeypatch, warehouse_path):
-    def apply(sandbox: RunningSandbox, threshold: float | None = None) -> None:
-        c = sandbox.config
-        monkeypatch.setenv("BULLPHISH_API_URL", sandbox.bullphish_url)
-        monkeypatch.setenv("BULLPHISH_API_TOKEN", c.bullphish_token)
-        monkeypatch.setenv("KASEYAONE_API_URL", sandbox.kaseyaone_url)
-        monkeypatch.setenv("KASEYAONE_CLIENT_ID", c.kaseyaone_client_id)
-        monkeypatch.setenv("KASEYAONE_CLIENT_SECRET", c.kaseyaone_client_secret)
-        monkeypatch.setenv("BILLING_WAREHOUSE", str(warehouse_path))
-        if threshold is not None:
-            monkeypatch.setenv("BILLING_HOLD_THRESHOLD", str(threshold))
-
-    return apply
-
-
-def stored(sandbox: RunningSandbox, day: dt.date) -> dict[tuple[str, str, str], int]:
-    return {
-        (m["partner_id"], m["organization_id"], m["billing_type"]): m["units"]
-        for m in sandbox.kaseyaone.stored(usage_date=day)
-    }
 
 
 def fresh_posts(sandbox: RunningSandbox) -> int:
@@ -84,7 +62,7 @@ def run(day: dt.date, **kwargs):
 def test_faulty_sandbox_delivers_exactly_what_its_data_implies(configure, warehouse_path):
     day = yesterday_utc() - dt.timedelta(days=2)
     with RunningSandbox(FAULTY) as sandbox:
-        configure(sandbox, threshold=0.05)
+        configure(sandbox, BILLING_HOLD_THRESHOLD=0.05)
         summary = run(day)
         expected = expected_billing(sandbox.world, day, threshold=0.05)
         assert stored(sandbox, day) == expected_in_kaseyaone(sandbox.world, expected)

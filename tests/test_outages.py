@@ -118,26 +118,6 @@ class StallingProxy:
         self._server.server_close()
 
 
-@pytest.fixture
-def configure(monkeypatch, warehouse_path):
-    def apply(
-        sandbox: RunningSandbox, *, bullphish_url: str = "", kaseyaone_url: str = "", **extra
-    ) -> None:
-        c = sandbox.config
-        monkeypatch.setenv("BULLPHISH_API_URL", bullphish_url or sandbox.bullphish_url)
-        monkeypatch.setenv("BULLPHISH_API_TOKEN", c.bullphish_token)
-        monkeypatch.setenv("KASEYAONE_API_URL", kaseyaone_url or sandbox.kaseyaone_url)
-        monkeypatch.setenv("KASEYAONE_CLIENT_ID", c.kaseyaone_client_id)
-        monkeypatch.setenv("KASEYAONE_CLIENT_SECRET", c.kaseyaone_client_secret)
-        monkeypatch.setenv("BILLING_WAREHOUSE", str(warehouse_path))
-        for name in ("BILLING_HTTP_DEADLINE_S", "BILLING_RUN_DEADLINE_S"):
-            monkeypatch.delenv(name, raising=False)
-        for name, value in extra.items():
-            monkeypatch.setenv(name, str(value))
-
-    return apply
-
-
 def run_flow(day: dt.date, **kwargs):
     from flows.daily_billing import daily_billing
 

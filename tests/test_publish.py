@@ -158,22 +158,8 @@ def test_temporary_files_of_dead_publishes_are_removed_live_ones_kept(tmp_path):
 # ------------------------------------------------------------------ the whole run
 
 
-@pytest.fixture
-def sandbox_env(monkeypatch, warehouse_path):
-    def apply(sandbox: RunningSandbox) -> None:
-        c = sandbox.config
-        monkeypatch.setenv("BULLPHISH_API_URL", sandbox.bullphish_url)
-        monkeypatch.setenv("BULLPHISH_API_TOKEN", c.bullphish_token)
-        monkeypatch.setenv("KASEYAONE_API_URL", sandbox.kaseyaone_url)
-        monkeypatch.setenv("KASEYAONE_CLIENT_ID", c.kaseyaone_client_id)
-        monkeypatch.setenv("KASEYAONE_CLIENT_SECRET", c.kaseyaone_client_secret)
-        monkeypatch.setenv("BILLING_WAREHOUSE", str(warehouse_path))
-
-    return apply
-
-
 @pytest.mark.usefixtures("prefect_harness")
-def test_an_analyst_holding_the_file_across_a_whole_run(sandbox_env, warehouse_path, tmp_path):
+def test_an_analyst_holding_the_file_across_a_whole_run(configure, warehouse_path, tmp_path):
     """The lock test: a read-only session is open on the published file for the whole run;
     the run finishes (and publishes), the analyst's queries all succeed, and every state the
     analyst sees is the old one or the new one, complete."""
@@ -186,7 +172,7 @@ def test_an_analyst_holding_the_file_across_a_whole_run(sandbox_env, warehouse_p
         publish.publish(con, target)
     old = state_of(target)
     with RunningSandbox(SandboxConfig(seed=5, partners=9, short_pages=True)) as sandbox:
-        sandbox_env(sandbox)
+        configure(sandbox)
         held, fresh = Analyst(target, "held"), Analyst(target, "fresh")
         try:
             summary = daily_billing(usage_date=day)
