@@ -66,6 +66,10 @@ class Sandbox:
                 str(self.bullphish_port),
                 "--kaseyaone-port",
                 str(self.kaseyaone_port),
+                # every list pre-serialized in memory (about 210 bytes a target): after the
+                # warm-up pass the sandbox only slices pages
+                "--cache-mb",
+                str(max(512, scale.targets * 300 // 1_000_000 + 64)),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

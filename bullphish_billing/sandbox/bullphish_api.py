@@ -1,8 +1,8 @@
 """The BullPhish ID partner API (billing subset) as an ASGI app, served from a :class:`World`.
 
 Each request does work proportional to its page only: a (list, partner, as_of) is generated
-once, serialized record by record with orjson into a byte-bounded LRU, and a page is a join of
-a slice of those bytes. Checks run in this order: injected faults, bearer token, path
+once, serialized with orjson into one blob per list kept in a byte-bounded LRU, and a page is
+one slice of that blob. Checks run in this order: injected faults, bearer token, path
 partner id, ``as_of``, ``limit``, unknown partner, cursor.
 """
 
@@ -42,7 +42,7 @@ class _BullPhishApi:
         self.config = config
         self.faults = Faults(config, salt=1)
         self.pager = Pager(config.seed, "bullphish-cursor", config.short_pages)
-        self.cache = BytesLRU()
+        self.cache = BytesLRU(config.cache_mb * 1024 * 1024)
         self.partner_errors = dict(config.partner_errors)
 
     async def _guard(self, request: Request) -> Response | None:

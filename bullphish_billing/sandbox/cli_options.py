@@ -115,6 +115,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "today-400 .. today-1 (default: the real UTC date)",
     )
 
+    data.add_argument(
+        "--cache-mb",
+        type=_positive_int,
+        default=_DEFAULTS.cache_mb,
+        metavar="MB",
+        help="memory for pre-serialized lists; a list is generated once and served from "
+        "memory while it fits, so give it about 250 MB per million targets read side by side "
+        "(default %(default)s)",
+    )
+
     faults = parser.add_argument_group("fault injection (random per request, seeded)")
     faults.add_argument(
         "--short-pages",
@@ -188,4 +198,5 @@ def config_from_args(ns: argparse.Namespace) -> SandboxConfig:
         token_lifetime_s=ns.token_lifetime,
         malformed_rate=ns.malformed_rate,
         today=ns.today,
+        cache_mb=ns.cache_mb,
     )

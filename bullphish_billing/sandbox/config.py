@@ -57,6 +57,10 @@ class SandboxConfig:
     ``not_found`` (the partner is gone), 410 ``history_expired`` (its history expired), or
     500/502/503 ``internal`` (its data is unavailable). The partner list is served as usual.
     For outage tests: one partner fails, the others must go on."""
+    cache_mb: int = 512
+    """Memory for serialized lists (each list is generated and serialized once, then served
+    page by page from memory). It should hold the lists clients read side by side: an evicted
+    list is generated again for its next page. It does not change what is served."""
 
     def __post_init__(self) -> None:
         for name in ("partners", "organizations_per_partner", "targets_per_organization"):
@@ -72,6 +76,8 @@ class SandboxConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
         if not 0.0 <= self.malformed_rate <= 1.0:
             raise ValueError(f"malformed_rate must be in [0, 1], got {self.malformed_rate!r}")
+        if not isinstance(self.cache_mb, int) or self.cache_mb < 1:
+            raise ValueError(f"cache_mb must be an integer >= 1, got {self.cache_mb!r}")
         if self.latency_ms < 0:
             raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms!r}")
         if not isinstance(self.token_lifetime_s, int) or self.token_lifetime_s < 1:
