@@ -242,8 +242,13 @@ QUARANTINE_COLUMNS = ("record_id", "page_no", "page_row", "reason")
 class ValidatedBatch:
     """A batch split in two: rows to load (typed, no personal data) and quarantine rows."""
 
-    good: pd.DataFrame  # entity.loaded + page_no, page_row
+    rows: pyarrow.Table  # the rows to load: entity.loaded + page_no, page_row
     bad: pd.DataFrame  # QUARANTINE_COLUMNS
+
+    @property
+    def good(self) -> pd.DataFrame:
+        """The rows to load as a DataFrame (Arrow-backed columns)."""
+        return self.rows.to_pandas(types_mapper=pd.ArrowDtype)
 
 
 # -- projection --------------------------------------------------------------------------------
@@ -332,7 +337,7 @@ def _failures(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> dict[int, list
 def validate_records(
     entity: Entity,
     records: Sequence[Any],
-    positions: Sequence[tuple[int, int]],
+    positions: Sequence[tuple[int, int]] | np.ndarray,
     *,
     expected_partner_id: str | None = None,
     exact: bool = False,
@@ -347,31 +352,98 @@ def validate_records(
     pages = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
     table = None if exact else _arrow_columns(entity, records)
     if table is not None:
-        frame = table.to_pandas(types_mapper=pd.ArrowDtype)
-        reasons = _failures(entity.fast_schema(), frame)
-        ids = frame["id"]
-    else:
-        frame = project(entity, records)
-        reasons = _failures(entity.exact_schema(), frame)
-        for i, record in enumerate(records):
-            if type(record) is not dict:
-                reasons[i] = ["record is not a JSON object"]
-        ids = _strings(frame["id"])
+        return _validate_fast(entity, table, pages, expected_partner_id)
+    return _validate_exact(entity, records, pages, expected_partner_id)
+
+
+def arrow_record_type(entity: Entity) -> pyarrow.StructType:
+    """The JSON record of a flat entity as an Arrow struct: each field with the type its JSON
+    value has (a date-time is a string), for `clients.ArrowPageDecoder`."""
+    if any(len(f.path) != 1 for f in entity.fields):
+        raise ValueError(f"{entity.name} records are nested; only flat records decode to Arrow")
+    return pyarrow.struct([(f.column, ARROW_TYPES[f.kind]) for f in entity.fields])
+
+
+def required_fields(entity: Entity) -> tuple[str, ...]:
+    """Fields every record must hold, non-null (`ArrowPageDecoder` leaves other pages to the
+    exact path, which tells an absent field from a null one)."""
+    return tuple(f.column for f in entity.fields if not (f.optional or f.nullable))
+
+
+def validate_table(
+    entity: Entity,
+    table: pyarrow.Table,
+    positions: np.ndarray,
+    *,
+    expected_partner_id: str | None = None,
+) -> ValidatedBatch:
+    """Validate records that arrived as Arrow columns (`arrow_record_type`: date-times still
+    strings), with the same answers as `validate_records` on the same records decoded by
+    orjson: the fast path, or the exact path when a date-time does not parse."""
+    pages = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
+    columns = {}
+    try:
+        for field in entity.fields:
+            column = table.column(field.column)
+            columns[field.column] = (
+                pc.cast(column, UTC_MICROS) if field.kind == "datetime" else column
+            )
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError):
+        return _validate_exact(entity, table.to_pylist(), pages, expected_partner_id)
+    return _validate_fast(entity, pyarrow.table(columns), pages, expected_partner_id)
+
+
+def _validate_fast(
+    entity: Entity, table: pyarrow.Table, pages: np.ndarray, expected_partner_id: str | None
+) -> ValidatedBatch:
+    frame = table.to_pandas(types_mapper=pd.ArrowDtype)
+    reasons = _failures(entity.fast_schema(), frame)
     if expected_partner_id is not None and "partner_id" in frame:
-        named = frame["partner_id"] if table is not None else _strings(frame["partner_id"])
-        for i in np.flatnonzero((named.notna() & named.ne(expected_partner_id)).fillna(False)):
-            reasons.setdefault(int(i), []).append("partner_id: not the partner listed")
+        _other_partner(frame["partner_id"], expected_partner_id, reasons)
+    is_bad = _bad_mask(len(frame), reasons)
+    good = table.filter(pyarrow.array(~is_bad)).select(list(entity.loaded))
+    return _split(entity, good, frame["id"], pages, reasons, is_bad)
 
-    is_bad = np.zeros(len(records), dtype=bool)
+
+def _validate_exact(
+    entity: Entity, records: Sequence[Any], pages: np.ndarray, expected_partner_id: str | None
+) -> ValidatedBatch:
+    frame = project(entity, records)
+    reasons = _failures(entity.exact_schema(), frame)
+    for i, record in enumerate(records):
+        if type(record) is not dict:
+            reasons[i] = ["record is not a JSON object"]
+    if expected_partner_id is not None and "partner_id" in frame:
+        _other_partner(_strings(frame["partner_id"]), expected_partner_id, reasons)
+    is_bad = _bad_mask(len(records), reasons)
+    good = pyarrow.Table.from_pandas(
+        _typed(entity, frame.loc[~is_bad, list(entity.loaded)]), preserve_index=False
+    )
+    return _split(entity, good, _strings(frame["id"]), pages, reasons, is_bad)
+
+
+def _other_partner(named: pd.Series, expected: str, reasons: dict[int, list[str]]) -> None:
+    for i in np.flatnonzero((named.notna() & named.ne(expected)).fillna(False)):
+        reasons.setdefault(int(i), []).append("partner_id: not the partner listed")
+
+
+def _bad_mask(n: int, reasons: dict[int, list[str]]) -> np.ndarray:
+    is_bad = np.zeros(n, dtype=bool)
     is_bad[list(reasons)] = True
-    if table is not None:
-        good_table = table.filter(pyarrow.array(~is_bad)).select(list(entity.loaded))
-        good = good_table.to_pandas(types_mapper=pd.ArrowDtype)
-    else:
-        good = _typed(entity, frame.loc[~is_bad, list(entity.loaded)])
-    good["page_no"] = pages[~is_bad, 0]
-    good["page_row"] = pages[~is_bad, 1]
+    return is_bad
 
+
+def _split(
+    entity: Entity,
+    good: pyarrow.Table,
+    ids: pd.Series,
+    pages: np.ndarray,
+    reasons: dict[int, list[str]],
+    is_bad: np.ndarray,
+) -> ValidatedBatch:
+    """The batch's good rows with their positions, and its quarantine rows."""
+    good = good.append_column("page_no", pyarrow.array(pages[~is_bad, 0]))
+    good = good.append_column("page_row", pyarrow.array(pages[~is_bad, 1]))
     bad_index = np.flatnonzero(is_bad)
     bad_ids = pd.Series(ids.to_numpy(dtype=object)[bad_index], dtype="string")
     well_formed = bad_ids.str.fullmatch(entity.id_pattern).fillna(False).astype(bool)
@@ -383,7 +455,7 @@ def validate_records(
             "reason": ["; ".join(dict.fromkeys(reasons[int(i)])) for i in bad_index],
         }
     )
-    return ValidatedBatch(good=good.reset_index(drop=True), bad=bad)
+    return ValidatedBatch(rows=good, bad=bad)
 
 
 def _typed(entity: Entity, good: pd.DataFrame) -> pd.DataFrame:

@@ -9,7 +9,12 @@ import duckdb
 
 from bullphish_billing import billing_rules
 from bullphish_billing.validation import ORGANIZATION, PARTNER, TARGET, validate_records
-from bullphish_billing.warehouse.raw import RawSnapshot, replace_partners
+from bullphish_billing.warehouse.raw import (
+    Snapshot,
+    extracted_partners,
+    replace_partners,
+    write_snapshots,
+)
 
 DAY = dt.date(2026, 11, 20)
 TS = "2026-11-01T10:00:00Z"
@@ -77,14 +82,16 @@ def load(
     """Load partners and each partner's records as one page each."""
     batch = validate_records(PARTNER, partners, [(0, i) for i in range(len(partners))])
     replace_partners(con, day, batch, "test-run")
-    for pid in set(orgs) | set(targets):
-        snap = RawSnapshot(con, day, pid, "test-run")
+    snapshots = []
+    for pid in sorted(set(orgs) | set(targets)):
+        snap = Snapshot(pid)
         for entity, records in ((ORGANIZATION, orgs.get(pid, [])), (TARGET, targets.get(pid, []))):
             b = validate_records(
                 entity, records, [(0, i) for i in range(len(records))], expected_partner_id=pid
             )
             snap.add(entity.name, b, len(records))
-        snap.commit()
+        snapshots.append(snap)
+    write_snapshots(con, day, snapshots, "test-run", replacing=extracted_partners(con, day))
 
 
 def evaluate(

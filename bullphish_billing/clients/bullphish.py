@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 from pydantic import SecretStr
 
+from .arrow_pages import ArrowPageDecoder
 from .pages import Page
 from .retry import RetryPolicy
 from .session import ApiSession, redactor
@@ -88,15 +89,20 @@ class BullPhishClient:
         """GET /v1/partners/{partner_id}/organizations (sub-organizations included)."""
         return self._list(f"/v1/partners/{_segment(partner_id)}/organizations", as_of)
 
-    def iter_targets(self, partner_id: str, as_of: date) -> AsyncIterator[Page]:
-        """GET /v1/partners/{partner_id}/targets (of all the partner's organizations)."""
-        return self._list(f"/v1/partners/{_segment(partner_id)}/targets", as_of)
+    def iter_targets(
+        self, partner_id: str, as_of: date, *, arrow: ArrowPageDecoder | None = None
+    ) -> AsyncIterator[Page]:
+        """GET /v1/partners/{partner_id}/targets (of all the partner's organizations); with
+        `arrow`, the pages it can read come as Arrow columns (`Page.table`)."""
+        return self._list(f"/v1/partners/{_segment(partner_id)}/targets", as_of, arrow)
 
-    def _list(self, path: str, as_of: date) -> AsyncIterator[Page]:
+    def _list(
+        self, path: str, as_of: date, arrow: ArrowPageDecoder | None = None
+    ) -> AsyncIterator[Page]:
         if not isinstance(as_of, date) or isinstance(as_of, datetime):
             raise TypeError("as_of must be a datetime.date (a UTC day)")
         params = {"as_of": as_of.isoformat(), "limit": self.page_limit}
-        return self._session.pages(path, params, self._auth)
+        return self._session.pages(path, params, self._auth, arrow=arrow)
 
 
 def _segment(value: str) -> str:

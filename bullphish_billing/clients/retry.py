@@ -22,6 +22,7 @@ import httpx
 import orjson
 
 from .errors import ContractViolationError, FinalApiError, RetriesExhaustedError
+from .pages import decode_json
 
 logger = logging.getLogger("bullphish_billing.clients")
 
@@ -107,6 +108,9 @@ class Call:
     content: bytes | None = None
     data: Mapping[str, str] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    raw_body: bool = False
+    """Return a success's body as bytes, undecoded (the caller decodes it, maybe off the
+    event loop); error bodies are decoded as usual."""
 
 
 class JsonResponse(NamedTuple):
@@ -165,7 +169,7 @@ async def send_with_retries(
     Idempotency-Key), except the bearer token, which is read afresh for each attempt. A slot
     of `slots` is held only while a request is on the wire, never while waiting; the deadline
     starts when the first attempt gets its slot, so queueing behind other requests does not
-    eat it. Returns the status and the body decoded with orjson.
+    eat it. Returns the status and the body decoded with orjson (bytes with `call.raw_body`).
     """
     loop = asyncio.get_running_loop()
     method = call.method.upper()
@@ -245,16 +249,12 @@ async def send_with_retries(
         if response is not None:
             status = response.status_code
             if 200 <= status < 300:
-                try:
-                    return JsonResponse(status, orjson.loads(response.content))
-                except orjson.JSONDecodeError:
-                    raise ContractViolationError(
-                        f"{status} response body is not valid JSON ({len(response.content)} bytes)",
-                        api=api,
-                        method=method,
-                        path=path,
-                        status=status,
-                    ) from None
+                if call.raw_body:
+                    return JsonResponse(status, response.content)
+                body = decode_json(
+                    response.content, api=api, method=method, path=path, status=status
+                )
+                return JsonResponse(status, body)
             code, message = error_fields(response, redact)
             if (
                 status == 401

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 import httpx
 
+from .arrow_pages import ArrowPageDecoder
 from .errors import ContractViolationError
 from .pages import Page, follow_cursor
 from .retry import BearerAuth, Call, JsonResponse, RetryPolicy, send_with_retries
@@ -85,14 +86,18 @@ class ApiSession:
         path: str,
         params: Mapping[str, str | int],
         auth: BearerAuth | None = None,
+        *,
+        arrow: ArrowPageDecoder | None = None,
     ) -> AsyncIterator[Page]:
-        """The pages of the cursor-paginated list at `path`, followed to a null cursor."""
+        """The pages of the cursor-paginated list at `path`, followed to a null cursor; with
+        `arrow`, pages it can read come as Arrow columns (`Page.table`)."""
 
         async def fetch(cursor: str | None) -> object:
             query = dict(params) if cursor is None else {**params, "cursor": cursor}
-            return (await self.send(Call("GET", path, params=query), auth)).body
+            call = Call("GET", path, params=query, raw_body=arrow is not None)
+            return (await self.send(call, auth)).body
 
-        return follow_cursor(fetch, api=self.api, method="GET", path=self._path(path))
+        return follow_cursor(fetch, api=self.api, method="GET", path=self._path(path), arrow=arrow)
 
     def _path(self, path: str) -> str:
         return self._client().build_request("GET", path).url.path

@@ -1,81 +1,152 @@
 """Writing raw snapshots: what BullPhish ID served for (usage_date, partner), replaced whole.
 
-A snapshot is written in one transaction on its own cursor: the old rows of that partner-date
-are deleted, validated batches are appended as pages arrive (bulk, from DataFrames), and the
-commit makes the new snapshot visible at once. A failed extract rolls back and leaves the
-previous snapshot as it was.
+A partner's snapshot is gathered (validated, in memory, as compact Arrow rows) until both its
+lists are read to the end; only then is it written, together with the other snapshots that are
+complete by then, in one transaction: the old rows of those partner-dates are deleted, the new
+ones appended in one statement per table, and the commit makes them visible at once. A partner
+whose extract fails is never written, so its previous snapshot stays as it was.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from bullphish_billing.validation import ValidatedBatch
 
+_RAW_TABLES = {"organization": "raw.organizations", "target": "raw.targets"}
 
-class RawSnapshot:
-    """The organizations, targets and record-level quarantine of one partner-date."""
 
-    def __init__(
-        self, con: duckdb.DuckDBPyConnection, usage_date: dt.date, partner_id: str, run_id: str
-    ) -> None:
-        self._cur = con.cursor()
-        self.usage_date = usage_date
-        self.partner_id = partner_id
-        self.run_id = run_id
-        self.received = {"organization": 0, "target": 0}
-        self.pages = 0
-        self._cur.execute("BEGIN TRANSACTION")
-        key = [usage_date, partner_id]
-        for table in ("raw.organizations", "raw.targets", "ops.extractions"):
-            self._cur.execute(f"DELETE FROM {table} WHERE usage_date = ? AND partner_id = ?", key)
-        self._cur.execute(
-            "DELETE FROM ops.quarantine WHERE usage_date = ? AND partner_id = ? "
-            "AND entity <> 'partner'",
-            key,
-        )
+@dataclass
+class Snapshot:
+    """The organizations, targets and record-level quarantine of one partner-date, validated,
+    not yet written."""
+
+    partner_id: str
+    batches: dict[str, list[ValidatedBatch]] = field(
+        default_factory=lambda: {entity: [] for entity in _RAW_TABLES}
+    )
+    received: dict[str, int] = field(default_factory=lambda: {entity: 0 for entity in _RAW_TABLES})
+    pages: int = 0
 
     def add(self, entity: str, batch: ValidatedBatch, received: int) -> None:
-        """Append one validated batch of `received` records of `entity`."""
+        """One validated batch of `received` records of `entity`."""
+        self.batches[entity].append(batch)
         self.received[entity] += received
-        table = "raw.organizations" if entity == "organization" else "raw.targets"
-        if len(batch.good):
-            good = batch.good
-            cols = ", ".join(good.columns)
-            self._cur.register("good_batch", good)
-            self._cur.execute(
-                f"INSERT INTO {table} (usage_date, partner_id, {cols}, run_id) "
-                f"SELECT ?, ?, {cols}, ? FROM good_batch",
-                [self.usage_date, self.partner_id, self.run_id],
+
+
+def write_snapshots(
+    con: duckdb.DuckDBPyConnection,
+    usage_date: dt.date,
+    snapshots: list[Snapshot],
+    run_id: str,
+    *,
+    replacing: set[str] | frozenset[str] = frozenset(),
+) -> None:
+    """Write complete snapshots in one transaction, each replacing its partner-date's previous
+    one. `replacing` names the partners that have one (`extracted_partners`): for the others
+    there is nothing to delete. Uses its own cursor, so it may run in a worker thread."""
+    if not snapshots:
+        return
+    cur = con.cursor()
+    try:
+        cur.execute("BEGIN TRANSACTION")
+        replaced = sorted({s.partner_id for s in snapshots} & set(replacing))
+        if replaced:
+            for table in ("raw.organizations", "raw.targets", "ops.extractions"):
+                cur.execute(
+                    f"DELETE FROM {table} WHERE usage_date = ? AND list_contains(?, partner_id)",
+                    [usage_date, replaced],
+                )
+            cur.execute(
+                "DELETE FROM ops.quarantine WHERE usage_date = ? "
+                "AND list_contains(?, partner_id) AND entity <> 'partner'",
+                [usage_date, replaced],
             )
-            self._cur.unregister("good_batch")
+        for entity, table in _RAW_TABLES.items():
+            _append_rows(cur, table, usage_date, snapshots, entity, run_id)
+            _append_quarantine(cur, usage_date, snapshots, entity, run_id)
+        cur.register(
+            "extracted",
+            pa.table(
+                {
+                    "partner_id": [s.partner_id for s in snapshots],
+                    "organizations": [s.received["organization"] for s in snapshots],
+                    "targets": [s.received["target"] for s in snapshots],
+                    "pages": pa.array([s.pages for s in snapshots], pa.int32()),
+                }
+            ),
+        )
+        cur.execute(
+            "INSERT INTO ops.extractions SELECT ?, partner_id, organizations, targets, pages, "
+            "now(), ? FROM extracted",
+            [usage_date, run_id],
+        )
+        cur.execute("COMMIT")
+    except BaseException:
+        cur.execute("ROLLBACK")
+        raise
+    finally:
+        cur.close()
+
+
+def _append_rows(
+    cur: duckdb.DuckDBPyConnection,
+    table: str,
+    usage_date: dt.date,
+    snapshots: list[Snapshot],
+    entity: str,
+    run_id: str,
+) -> None:
+    parts = [
+        batch.rows.append_column(
+            "partner_id", pa.array([s.partner_id] * batch.rows.num_rows, pa.string())
+        )
+        for s in snapshots
+        for batch in s.batches[entity]
+        if batch.rows.num_rows
+    ]
+    if not parts:
+        return
+    rows = pa.concat_tables(parts)
+    cols = ", ".join(rows.column_names)
+    cur.register("good_rows", rows)
+    cur.execute(
+        f"INSERT INTO {table} (usage_date, {cols}, run_id) SELECT ?, {cols}, ? FROM good_rows",
+        [usage_date, run_id],
+    )
+    cur.unregister("good_rows")
+
+
+def _append_quarantine(
+    cur: duckdb.DuckDBPyConnection,
+    usage_date: dt.date,
+    snapshots: list[Snapshot],
+    entity: str,
+    run_id: str,
+) -> None:
+    parts = [
+        batch.bad.assign(partner_id=s.partner_id)
+        for s in snapshots
+        for batch in s.batches[entity]
+        if len(batch.bad)
+    ]
+    if parts:
         insert_quarantine(
-            self._cur, batch.bad, self.usage_date, self.partner_id, entity, "record", self.run_id
+            cur, pd.concat(parts, ignore_index=True), usage_date, None, entity, "record", run_id
         )
 
-    def commit(self) -> None:
-        self._cur.execute(
-            "INSERT INTO ops.extractions VALUES (?, ?, ?, ?, ?, now(), ?)",
-            [
-                self.usage_date,
-                self.partner_id,
-                self.received["organization"],
-                self.received["target"],
-                self.pages,
-                self.run_id,
-            ],
-        )
-        self._cur.execute("COMMIT")
-        self._cur.close()
 
-    def rollback(self) -> None:
-        try:
-            self._cur.execute("ROLLBACK")
-        finally:
-            self._cur.close()
+def extracted_partners(con: duckdb.DuckDBPyConnection, usage_date: dt.date) -> set[str]:
+    """The partners that have a raw snapshot for the date."""
+    rows = con.execute(
+        "SELECT partner_id FROM ops.extractions WHERE usage_date = ?", [usage_date]
+    ).fetchall()
+    return {partner_id for (partner_id,) in rows}
 
 
 def insert_quarantine(
@@ -87,12 +158,17 @@ def insert_quarantine(
     stage: str,
     run_id: str,
 ) -> None:
-    """Append quarantine rows (record_id, page_no, page_row, reason) in one statement."""
+    """Append quarantine rows (record_id, page_no, page_row, reason[, partner_id]) in one
+    statement."""
     if not len(bad):
         return
     con.register("bad_batch", bad)
-    # a bad partner record belongs to the partner its (well-formed) id names
-    owner = "?" if partner_id is not None else "record_id"
+    # a bad partner record belongs to the partner its (well-formed) id names; other records
+    # to the partner given, or to the one their batch names (`partner_id` column)
+    if partner_id is not None:
+        owner = "?"
+    else:
+        owner = "partner_id" if "partner_id" in bad.columns else "record_id"
     params = [usage_date, partner_id] if partner_id is not None else [usage_date]
     con.execute(
         "INSERT INTO ops.quarantine (usage_date, partner_id, entity, record_id, page_no, "
@@ -114,9 +190,9 @@ def replace_partners(
         with_cursor.execute(
             "DELETE FROM ops.quarantine WHERE usage_date = ? AND entity = 'partner'", [usage_date]
         )
-        good = batch.good
-        if len(good):
-            cols = ", ".join(good.columns)
+        good = batch.rows
+        if good.num_rows:
+            cols = ", ".join(good.column_names)
             with_cursor.register("good_batch", good)
             with_cursor.execute(
                 f"INSERT INTO raw.partners (usage_date, {cols}, run_id) "

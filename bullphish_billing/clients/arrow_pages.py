@@ -1,0 +1,103 @@
+"""Decoding a list page straight into Arrow columns, off the event loop.
+
+A page of 1,000 targets decoded by orjson becomes 1,000 dicts and 7,000 strings, all made
+under the GIL, that validation then turns into Arrow columns one by one. `ArrowPageDecoder`
+reads the page bytes with Arrow's JSON reader instead (C++, the GIL released, so it runs in a
+worker thread while the event loop goes on fetching), against the record type the contract
+gives, and returns the records as columns.
+
+It answers only for a page it can read without any doubt: one JSON object, valid UTF-8, whose
+`data` is an array of flat objects, every value of the declared type, and no required field
+absent or null (Arrow cannot tell an absent field from a null one, and validation words them
+differently). `tests/test_arrow_pages.py` checks that both paths agree.
+For any other page it returns None and the caller decodes the page with orjson, so that the
+usual path finds, words and quarantines what is wrong, exactly as before. A null `next_cursor`
+ends a list only if the key is there: the caller confirms the last page with orjson.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+_READ = pj.ReadOptions(use_threads=False, block_size=1 << 24)
+_MAX_DEPTH = 1000  # below orjson's nesting limit
+# NaN or Infinity where a value starts (or in a string after one of these: declined all the same)
+_NOT_A_JSON_NUMBER = re.compile(rb"[:\[,]\s*-?(?:NaN|Infinity)")
+
+
+@dataclass(frozen=True)
+class ArrowPage:
+    """A page's records as Arrow columns (one per field of the record type), and its cursor."""
+
+    table: pa.Table
+    next_cursor: str | None
+
+
+class ArrowPageDecoder:
+    """Decodes `{"data": [record, ...], "next_cursor": ...}` pages of flat records.
+
+    `record_type` names each field and its JSON type (string, boolean); fields a record has
+    beyond those are ignored, as the orjson path ignores them. `required` are the fields that
+    must be present and non-null in every record for the page to be answered here.
+    """
+
+    def __init__(self, record_type: pa.StructType, required: Iterable[str]) -> None:
+        self.record_type = record_type
+        self.required = tuple(required)
+        unknown = set(self.required) - {f.name for f in record_type}
+        if unknown:
+            raise ValueError(f"required fields not in the record type: {sorted(unknown)}")
+        self._parse = pj.ParseOptions(
+            explicit_schema=pa.schema(
+                [("data", pa.list_(record_type)), ("next_cursor", pa.string())]
+            ),
+            unexpected_field_behavior="ignore",
+            newlines_in_values=True,  # a pretty-printed body is still one object
+        )
+
+    def __call__(self, body: bytes) -> ArrowPage | None:
+        """The page as Arrow columns, or None when orjson must decide."""
+        if not _plain_json_object(body):
+            return None
+        try:
+            page = pj.read_json(io.BytesIO(body), read_options=_READ, parse_options=self._parse)
+        except (pa.ArrowException, ValueError):  # not JSON, a wrong type, ...
+            return None
+        if page.num_rows != 1:
+            return None
+        data = page.column("data")
+        if data.null_count:  # no `data`, or `data: null`
+            return None
+        records = pc.list_flatten(data).combine_chunks()
+        if records.null_count:  # a null where a record should be
+            return None
+        table = pa.Table.from_struct_array(records)
+        if any(table.column(name).null_count for name in self.required):
+            return None
+        if body.count(b"{") + body.count(b"[") - table.num_rows > _MAX_DEPTH:
+            # perhaps nested deeper than orjson reads (its limit is 1024): orjson decides
+            return None
+        return ArrowPage(table, page.column("next_cursor")[0].as_py())
+
+
+def _plain_json_object(body: bytes) -> bool:
+    """What Arrow's reader must not be given, or would read where orjson refuses: a body
+    that does not start with an object (Arrow 26 crashes the process on a top-level
+    `null`), invalid UTF-8 (Arrow keeps it; orjson and DuckDB refuse it), a byte order
+    mark, NaN or Infinity (not JSON, though Arrow reads them)."""
+    if body.lstrip(b" \t\r\n")[:1] != b"{":
+        return False
+    if _NOT_A_JSON_NUMBER.search(body):
+        return False
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
