@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 
 import duckdb
 import orjson
-import pandas as pd
+import pyarrow as pa
 
 from bullphish_billing import lease
 from bullphish_billing.clients import ApiError, FinalApiError, KaseyaOneClient
 from bullphish_billing.crashpoints import crashpoint
-from bullphish_billing.warehouse.db import fetch_all, fetch_value, transaction
+from bullphish_billing.warehouse.db import fetch_all, transaction
 
 log = logging.getLogger(__name__)
 
@@ -86,46 +86,52 @@ def plan(
     ).df()
     if changed.empty:
         return 0
-    planned = 0
-    with transaction(con):
-        for partner_id, metrics in changed.groupby("partner_id", sort=True):
-            parent = _last_settled_key(con, usage_date, str(partner_id))
-            rows = metrics[["organization_id", "billing_type", "units"]].to_dict("records")
-            for batch_no, start in enumerate(range(0, len(rows), MAX_BATCH)):
-                chunk = [
-                    {
-                        "organization_id": r["organization_id"],
-                        "billing_type": r["billing_type"],
-                        "units": int(r["units"]),
-                    }
-                    for r in rows[start : start + MAX_BATCH]
-                ]
-                payload = {
-                    "module": MODULE,
-                    "partner_id": str(partner_id),
-                    "usage_date": usage_date.isoformat(),
-                    "metrics": chunk,
+    parents = _last_settled_keys(con, usage_date, sorted(set(changed["partner_id"])))
+    outbox: list[tuple] = []
+    for partner_id, metrics in changed.groupby("partner_id", sort=True):
+        parent = parents.get(str(partner_id), "genesis")
+        rows = metrics[["organization_id", "billing_type", "units"]].to_dict("records")
+        for batch_no, start in enumerate(range(0, len(rows), MAX_BATCH)):
+            chunk = [
+                {
+                    "organization_id": r["organization_id"],
+                    "billing_type": r["billing_type"],
+                    "units": int(r["units"]),
                 }
-                key = idempotency_key(payload, f"{parent}#{batch_no}")
-                con.execute(
-                    """
-                    INSERT INTO ops.outbox (idempotency_key, usage_date, partner_id, batch_no,
-                        payload, metrics, status, attempts, created_at, run_id)
-                    VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, now(), ?)
-                    ON CONFLICT DO NOTHING
-                    """,
-                    [
-                        key,
-                        usage_date,
-                        partner_id,
-                        batch_no,
-                        orjson.dumps(payload).decode(),
-                        len(chunk),
-                        run_id,
-                    ],
-                )
-                planned += 1
-    return planned
+                for r in rows[start : start + MAX_BATCH]
+            ]
+            payload = {
+                "module": MODULE,
+                "partner_id": str(partner_id),
+                "usage_date": usage_date.isoformat(),
+                "metrics": chunk,
+            }
+            key = idempotency_key(payload, f"{parent}#{batch_no}")
+            outbox.append((key, partner_id, batch_no, orjson.dumps(payload).decode(), len(chunk)))
+    planned = pa.table(
+        {
+            "idempotency_key": [b[0] for b in outbox],
+            "partner_id": [b[1] for b in outbox],
+            "batch_no": pa.array([b[2] for b in outbox], pa.int32()),
+            "payload": [b[3] for b in outbox],
+            "metrics": pa.array([b[4] for b in outbox], pa.int32()),
+        }
+    )
+    with transaction(con):  # every batch of every partner-date, in one statement
+        con.register("planned", planned)
+        con.execute(
+            """
+            INSERT INTO ops.outbox (idempotency_key, usage_date, partner_id, batch_no,
+                payload, metrics, status, attempts, created_at, run_id)
+            SELECT idempotency_key, ?, partner_id, batch_no, payload, metrics, 'pending', 0,
+                   now(), ?
+            FROM planned
+            ON CONFLICT DO NOTHING
+            """,
+            [usage_date, run_id],
+        )
+        con.unregister("planned")
+    return len(outbox)
 
 
 def plan_interrupted(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
@@ -160,17 +166,22 @@ def plan_interrupted(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
     return sum(plan(con, day, partners, run_id) for day, partners in by_date.items())
 
 
-def _last_settled_key(con: duckdb.DuckDBPyConnection, usage_date: dt.date, partner_id: str) -> str:
-    key = fetch_value(
+def _last_settled_keys(
+    con: duckdb.DuckDBPyConnection, usage_date: dt.date, partner_ids: list[str]
+) -> dict[str, str]:
+    """Per partner, the key of the partner-date's last settled (answered) batch."""
+    rows = fetch_all(
         con,
         """
-        SELECT idempotency_key FROM ops.outbox
-        WHERE usage_date = ? AND partner_id = ? AND status <> 'pending'
-        ORDER BY answered_at DESC, batch_no DESC LIMIT 1
+        SELECT partner_id,
+               arg_max(idempotency_key, (answered_at, batch_no)) AS key
+        FROM ops.outbox
+        WHERE usage_date = $d AND list_contains($p, partner_id) AND status <> 'pending'
+        GROUP BY partner_id
         """,
-        [usage_date, partner_id],
+        {"d": usage_date, "p": partner_ids},
     )
-    return key or "genesis"
+    return dict(rows)
 
 
 def pending_batches(
@@ -284,10 +295,17 @@ def _record_answer(
     replayed: bool,
 ) -> None:
     """Mark the batch acknowledged, store its rejections and what KaseyaOne now holds."""
-    metrics = pd.DataFrame(payload["metrics"], columns=["organization_id", "billing_type", "units"])
+    metrics = payload["metrics"]
     reasons = dict(rejected)
-    metrics["rejected_reason"] = [reasons.get(i) for i in range(len(metrics))]
-    metrics["metric_index"] = range(len(metrics))
+    answered = pa.table(
+        {
+            "metric_index": pa.array(range(len(metrics)), pa.int32()),
+            "organization_id": [m["organization_id"] for m in metrics],
+            "billing_type": [m["billing_type"] for m in metrics],
+            "units": pa.array([m["units"] for m in metrics], pa.int64()),
+            "rejected_reason": pa.array([reasons.get(i) for i in range(len(metrics))], pa.string()),
+        }
+    )
     usage_date = dt.date.fromisoformat(payload["usage_date"])
     partner_id = payload["partner_id"]
     with transaction(con):
@@ -297,16 +315,17 @@ def _record_answer(
             "WHERE idempotency_key = ?",
             [status, accepted, len(rejected), replayed, key],
         )
-        con.register("answered", metrics)
-        con.execute(
-            """
-            INSERT OR REPLACE INTO ops.rejected_metrics
-            SELECT ?, metric_index, ?, ?, organization_id, billing_type, units,
-                   rejected_reason, now()
-            FROM answered WHERE rejected_reason IS NOT NULL
-            """,
-            [key, usage_date, partner_id],
-        )
+        con.register("answered", answered)
+        if rejected:
+            con.execute(
+                """
+                INSERT OR REPLACE INTO ops.rejected_metrics
+                SELECT ?, metric_index, ?, ?, organization_id, billing_type, units,
+                       rejected_reason, now()
+                FROM answered WHERE rejected_reason IS NOT NULL
+                """,
+                [key, usage_date, partner_id],
+            )
         con.execute(
             """
             INSERT OR REPLACE INTO ops.acknowledged_metrics
