@@ -209,14 +209,16 @@ def check_kaseyaone(settings: Settings) -> None:
         return
 
 
-def fetch_mappings(settings: Settings, partner_id: str) -> mappings.MappingFetch:
-    """One partner's organization mappings from KaseyaOne (404: not linked, normal)."""
+def fetch_mappings(settings: Settings, partner_ids: list[str]) -> list[mappings.MappingFetch]:
+    """The partners' organization mappings from KaseyaOne, side by side over one client and
+    one token (a 404 means not linked: normal). A partner whose fetch failed is returned as a
+    `failed` fetch, so that its previous mappings stay."""
 
-    async def fetch() -> mappings.MappingFetch:
+    async def fetch_all() -> list[mappings.MappingFetch]:
         async with kaseyaone_client(settings) as client:
-            return await mappings.fetch(client, partner_id)
+            return list(await asyncio.gather(*(mappings.fetch(client, p) for p in partner_ids)))
 
-    return asyncio.run(fetch())
+    return asyncio.run(fetch_all()) if partner_ids else []
 
 
 def store_mappings(settings: Settings, fetches: list[mappings.MappingFetch], run_id: str) -> int:

@@ -15,7 +15,6 @@ from bullphish_billing import (
     lease,
     notable,
     outcomes,
-    partner_artifacts,
     reporting,
     stages,
 )
@@ -110,7 +109,7 @@ def _bill(
     if not dry_run:
         to_send = sorted(p for p, e in evaluations.items() if not e.held)
         report = billing.deliver(settings, day, to_send, run_id, force=force).report
-        fetched = billing.fetch_mappings.map(unmapped(settings), to_send, unmapped(day))
+        fetched = billing.fetch_mappings(settings, day, to_send)
         with leases.holding(lease.organization_mappings(), wait_s=lease_wait_s):
             billing.store_mappings(settings, day, fetched, run_id)  # shared by every date
 
@@ -142,12 +141,14 @@ def _bill(
         ),
         description=f"Per-user counts that moved, modules switched, on {day}",
     )
-    for outcome in summary.outcomes:  # one key per partner: its history on the Artifacts page
-        create_markdown_artifact(
-            key=partner_artifacts.key(outcome.partner_id),
-            markdown=partner_artifacts.markdown(outcome, changes),
-            description=f"{outcome.partner_id} on {day}: {outcome.status}",
-        )
+    # one task per partner, named after it, writing its artifact (history per partner)
+    reports = billing.report_partner.map(
+        [o.partner_id for o in summary.outcomes],
+        unmapped(day),
+        summary.outcomes,
+        unmapped(changes),
+    )
+    reports.wait()
     log.info("%s", reporting.one_line(summary))
     return summary
 

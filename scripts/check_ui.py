@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             t["name"]
             for t in api(api_url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
         )
-        partner_tasks = [t for t in task_names if t.startswith("mappings-p_")]
+        partner_tasks = [t for t in task_names if t.startswith("report-p_")]
         checks.check(
             bool(partner_tasks) and all(t.endswith(f"-{day}") for t in partner_tasks),
             f"per-partner task runs are named with partner and date ({partner_tasks[:2]} ...)",
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         checks.check(
             f"publish-{day}" in dom["flow-run-task-runs.png"]
-            and f"mappings-p_0002-{day}" in dom["flow-run-task-runs.png"],
+            and f"report-p_0002-{day}" in dom["flow-run-task-runs.png"],
             "the flow-run page's Task Runs tab lists them, named with partner and date",
         )
         checks.check(

@@ -14,14 +14,16 @@ import datetime as dt
 
 import duckdb
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
-from bullphish_billing import mappings, stages
+from bullphish_billing import mappings, partner_artifacts, stages
 from bullphish_billing.billing_rules import Evaluation, PartnerDecision
 from bullphish_billing.errors import USER_FACING_ERRORS
 from bullphish_billing.extract import ExtractResult
 from bullphish_billing.notable import NotableChange
+from bullphish_billing.outcomes import PartnerOutcome
 from bullphish_billing.publish import PublishResult
 from bullphish_billing.settings import ConfigurationError, Settings, load_settings
 from bullphish_billing.warehouse.db import WarehouseError
@@ -95,28 +97,42 @@ def notable_changes(
     return stages.notable_changes(settings, usage_date, partner_ids, run_id)
 
 
-@task(
-    name="fetch-mappings",
-    task_run_name="mappings-{partner_id}-{usage_date}",
-    cache_policy=NO_CACHE,
-)
+@task(name="mappings", task_run_name="mappings-{usage_date}", cache_policy=NO_CACHE)
 def fetch_mappings(
-    settings: Settings, partner_id: str, usage_date: dt.date
-) -> mappings.MappingFetch:
-    """One partner's organization mappings. They only inform analysts, so no failure of
-    this task may fail the run: it is returned as a `failed` fetch and logged."""
+    settings: Settings, usage_date: dt.date, partner_ids: list[str]
+) -> list[mappings.MappingFetch]:
+    """The partners' organization mappings, side by side over one client. They only inform
+    analysts, so nothing here may fail the run: a failure is logged, the previous mappings
+    stay."""
     try:
-        result = stages.fetch_mappings(settings, partner_id)
+        fetches = stages.fetch_mappings(settings, partner_ids)
     except Exception as exc:  # noqa: BLE001 - informational: never fails the run
         error = " ".join(str(exc).split())
-        result = mappings.MappingFetch(partner_id, mappings.FAILED, error=error)
-    if result.status == mappings.FAILED:
-        get_run_logger().warning(
-            "organization mappings of %s not fetched (the previous ones stay): %s",
-            partner_id,
-            result.error,
-        )
-    return result
+        fetches = [mappings.MappingFetch(p, mappings.FAILED, error=error) for p in partner_ids]
+    for fetch in fetches:
+        if fetch.status == mappings.FAILED:
+            get_run_logger().warning(
+                "organization mappings of %s not fetched (the previous ones stay): %s",
+                fetch.partner_id,
+                fetch.error,
+            )
+    return fetches
+
+
+@task(name="report", task_run_name="report-{partner_id}-{usage_date}", cache_policy=NO_CACHE)
+def report_partner(
+    partner_id: str,
+    usage_date: dt.date,
+    outcome: PartnerOutcome,
+    changes: list[NotableChange],
+) -> None:
+    """The partner's outcome for the date as its artifact (key `billing-p-XXXX`: one key per
+    partner, so the Artifacts page shows each partner's history)."""
+    create_markdown_artifact(
+        key=partner_artifacts.key(partner_id),
+        markdown=partner_artifacts.markdown(outcome, changes),
+        description=f"{partner_id} on {usage_date}: {outcome.status}",
+    )
 
 
 @task(name="store-mappings", task_run_name="store-mappings-{usage_date}", cache_policy=NO_CACHE)

@@ -180,3 +180,48 @@ def test_kaseyaone_down_leaves_batches_pending_and_the_next_run_delivers_them(
         assert second.still_pending == 0
         expected = expected_billing(bullphish_only.world, day)
         assert stored(bullphish_only, day) == expected_in_kaseyaone(bullphish_only.world, expected)
+
+
+def test_each_partner_has_a_task_run_and_an_artifact_named_after_it(configure, warehouse_path):
+    """Issue 4's Prefect UI: per-partner task runs named with partner and date, each writing
+    the partner's artifact (one key per partner: its history); the organization mappings of
+    the delivered partners are fetched by one task over one client."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+
+    from bullphish_billing import partner_artifacts
+
+    day = yesterday_utc() - dt.timedelta(days=1)
+    with RunningSandbox(SandboxConfig(seed=5, partners=10)) as sandbox:
+        configure(sandbox)
+        summary = run(day)
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[summary.run_id]))
+        )
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[summary.run_id])
+            )
+        )
+    names = Counter(t.name for t in task_runs)
+    partners = [o.partner_id for o in summary.outcomes]
+    assert len(partners) == 10
+    assert all(names[f"report-{p}-{day}"] == 1 for p in partners), sorted(names)
+    assert names[f"mappings-{day}"] == 1 and not any(n.startswith("mappings-p_") for n in names)
+    report_runs = {t.id: t.name for t in task_runs if t.name.startswith("report-")}
+    by_key = {a.key: a for a in artifacts}
+    for partner in partners:
+        artifact = by_key[partner_artifacts.key(partner)]
+        assert report_runs[artifact.task_run_id] == f"report-{partner}-{day}"
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        fetched = {
+            p for (p,) in con.execute("SELECT partner_id FROM ops.mapping_fetches").fetchall()
+        }
+    delivered = {o.partner_id for o in summary.outcomes if o.status not in ("skipped", "held")}
+    assert delivered and delivered <= fetched
