@@ -51,13 +51,19 @@ def storage_failure(exc: BaseException) -> BaseException | None:
     return None
 
 
+MEMORY_LIMIT = "1GB"
+"""DuckDB's memory for the warehouse connection. Its default (80% of the machine) lets the set
+queries over a large day hold gigabytes; past this limit DuckDB evicts cached blocks and
+spills to a temporary directory beside the warehouse instead."""
+
+
 @contextmanager
 def open_warehouse(path: Path | str) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-write connection to the warehouse, schema applied, closed on exit."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(path))
+        con = duckdb.connect(str(path), config={"memory_limit": MEMORY_LIMIT})
     except duckdb.IOException as exc:
         text = str(exc)
         if "lock" in text.lower():
