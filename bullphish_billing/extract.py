@@ -61,58 +61,156 @@ class ExtractResult:
 
 @dataclass
 class _Batch:
-    """About BATCH_RECORDS records of one list: those of pages decoded to Arrow (`tables`)
-    and those decoded by orjson (`records`), each with its (page_no, page_row)."""
+    """About BATCH_RECORDS records of one entity, from the lists of several partners: those of
+    pages decoded to Arrow (`tables`) and those decoded by orjson (`records`). Each page gets
+    a number within the batch, which stands for (its snapshot, its page number) until the
+    validated rows are handed back to their snapshots."""
 
     tables: list[pa.Table] = field(default_factory=list)
     table_positions: list[np.ndarray] = field(default_factory=list)
     records: list[Any] = field(default_factory=list)
     record_positions: list[np.ndarray] = field(default_factory=list)
+    owners: list[Snapshot] = field(default_factory=list)  # per page of the batch
+    page_numbers: list[int] = field(default_factory=list)  # per page: its number in its list
     size: int = 0
-    pages: int = 0
+    validated: asyncio.Future[None] | None = None
 
-    def add(self, page: Page) -> None:
+    def add(self, page: Page, owner: Snapshot | None = None) -> None:
         n = len(page)
-        where = np.column_stack((np.full(n, page.number, np.int64), np.arange(n, dtype=np.int64)))
+        index = len(self.page_numbers)
+        where = np.column_stack((np.full(n, index, np.int64), np.arange(n, dtype=np.int64)))
         if page.table is not None:
             self.tables.append(page.table)
             self.table_positions.append(where)
         else:
             self.records.extend(page.records)
             self.record_positions.append(where)
+        if owner is not None:
+            self.owners.append(owner)
+        self.page_numbers.append(page.number)
         self.size += n
-        self.pages += 1
+
+    def expected_partners(self, positions: np.ndarray) -> np.ndarray:
+        """Per record, the partner whose list it came from."""
+        ids = np.array([o.partner_id for o in self.owners], dtype=object)
+        return ids[positions[:, 0]]
 
 
 def _positions(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty((0, 2), np.int64)
 
 
-def _validate(entity: Entity, batch: _Batch, partner_id: str) -> list[ValidatedBatch]:
-    """Validate a batch (in a worker thread): its Arrow part and its orjson part."""
-    out = []
+def _validate(entity: Entity, batch: _Batch) -> list[tuple[Snapshot, ValidatedBatch]]:
+    """Validate a batch in one go (in a worker thread), and split what comes out by snapshot,
+    with each row's page number in its own list again."""
+    parts = []
     if batch.tables:
-        table = pa.concat_tables(batch.tables)
         positions = _positions(batch.table_positions)
-        out.append(validate_table(entity, table, positions, expected_partner_id=partner_id))
+        table = pa.concat_tables(batch.tables)
+        expected = batch.expected_partners(positions)
+        parts.append(validate_table(entity, table, positions, expected_partner_id=expected))
     if batch.record_positions:
         positions = _positions(batch.record_positions)
-        out.append(
-            validate_records(entity, batch.records, positions, expected_partner_id=partner_id)
+        expected = batch.expected_partners(positions)
+        parts.append(
+            validate_records(entity, batch.records, positions, expected_partner_id=expected)
         )
+    owner_of_page = np.array([id(o) for o in batch.owners], dtype=np.int64)
+    number_of_page = np.array(batch.page_numbers, dtype=np.int64)
+    out = []
+    for part in parts:
+        rows_page = part.rows.column("page_no").to_numpy()
+        bad_page = part.bad["page_no"].to_numpy(dtype=np.int64)
+        rows = part.rows.set_column(
+            part.rows.schema.get_field_index("page_no"),
+            "page_no",
+            pa.array(number_of_page[rows_page]),
+        )
+        bad = part.bad.assign(page_no=number_of_page[bad_page])
+        for owner in {id(o): o for o in batch.owners}.values():
+            mine_rows = owner_of_page[rows_page] == id(owner)
+            mine_bad = owner_of_page[bad_page] == id(owner)
+            if mine_rows.any() or mine_bad.any():
+                out.append(
+                    (
+                        owner,
+                        ValidatedBatch(
+                            rows=rows.filter(pa.array(mine_rows)),
+                            bad=bad[mine_bad].reset_index(drop=True),
+                        ),
+                    )
+                )
     return out
 
 
-async def _batches(pages: AsyncIterator[Page]) -> AsyncIterator[_Batch]:
-    """Regroup pages into batches of about BATCH_RECORDS records."""
-    batch = _Batch()
-    async for page in pages:
-        batch.add(page)
-        if batch.size >= BATCH_RECORDS:
-            yield batch
-            batch = _Batch()
-    if batch.size or batch.pages:
-        yield batch
+class _Validator:
+    """One entity's pages from every partner's list, validated together in batches of about
+    BATCH_RECORDS records: one pandera call per batch, not one per partner (a day of small
+    partners would otherwise pay pandera's fixed cost per partner). Validation runs in a worker
+    thread while the lists go on fetching.
+
+    A batch is validated when full, or when no list is being fetched any more, so a list that
+    has been read waits until the batch holding its last pages is validated (`close`): at most
+    one batch of other partners' records. A snapshot gets its validated rows before `close`
+    returns."""
+
+    def __init__(self, entity: Entity) -> None:
+        self.entity = entity
+        self._batch = self._new_batch()
+        self._fetching = 0
+        self._mine: dict[int, set[asyncio.Future[None]]] = {}
+
+    def _new_batch(self) -> _Batch:
+        return _Batch(validated=asyncio.get_running_loop().create_future())
+
+    def open(self, snapshot: Snapshot) -> None:
+        self._fetching += 1
+        self._mine.setdefault(id(snapshot), set())
+
+    async def add(self, snapshot: Snapshot, page: Page) -> None:
+        self._batch.add(page, snapshot)
+        assert self._batch.validated is not None
+        self._mine[id(snapshot)].add(self._batch.validated)
+        snapshot.received[self.entity.name] += len(page)  # the records, bad ones included
+        snapshot.pages += 1
+        if self._batch.size >= BATCH_RECORDS:
+            # the list that filled the batch waits for it: fetching cannot run far ahead
+            await asyncio.shield(self._flush())
+
+    async def close(self, snapshot: Snapshot) -> None:
+        """The snapshot's list is read (or abandoned): wait until its pages are validated."""
+        self._fetching -= 1
+        mine = self._mine.pop(id(snapshot), set())
+        if self._fetching == 0:
+            self._flush()
+        await asyncio.gather(*(asyncio.shield(f) for f in mine))
+
+    def _flush(self) -> asyncio.Future[None]:
+        batch, self._batch = self._batch, self._new_batch()
+        assert batch.validated is not None
+        if not batch.page_numbers:
+            batch.validated.set_result(None)
+            return batch.validated
+
+        async def validate() -> None:
+            try:
+                parts = await asyncio.to_thread(_validate, self.entity, batch)
+            except BaseException as exc:
+                batch.validated.set_exception(exc)
+                raise
+            for snapshot, part in parts:
+                snapshot.add(self.entity.name, part, 0)
+            batch.validated.set_result(None)
+
+        task = asyncio.create_task(validate())
+        task.add_done_callback(_retrieve)
+        return batch.validated
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """The exception, if any, is the batch's future's to raise; do not log it twice."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def extract_partner_list(
@@ -121,56 +219,44 @@ async def extract_partner_list(
     """List every partner as of the date and replace raw.partners for it; return the count."""
     batch = _Batch()
     async for page in client.iter_partners(usage_date):
-        batch.add(page)
+        batch.add(page)  # one list: a page's number in the batch is its number in the list
     positions = _positions(batch.record_positions)
     replace_partners(con, usage_date, validate_records(PARTNER, batch.records, positions), run_id)
     return len(batch.records)
 
 
-async def _load_list(snapshot: Snapshot, entity: Entity, pages: AsyncIterator[Page]) -> None:
-    """Fetch the list's pages and validate them, the two side by side: while one batch is
-    validated (in a worker thread: Arrow and pandas release the GIL for the bulk), the next is
-    being fetched. At most one finished batch waits."""
-    ready: asyncio.Queue[_Batch | Exception | None] = asyncio.Queue(maxsize=1)
-
-    async def fetch() -> None:
-        try:
-            async for batch in _batches(pages):
-                await ready.put(batch)
-        except Exception as exc:  # handed to the validating side, which raises it
-            await ready.put(exc)
-            return
-        await ready.put(None)
-
-    fetching = asyncio.create_task(fetch())
+async def _read_list(snapshot: Snapshot, validator: _Validator, pages: AsyncIterator[Page]) -> None:
+    """Read one list to its end, handing its pages to the entity's validator."""
+    validator.open(snapshot)
     try:
-        while (batch := await ready.get()) is not None:
-            if isinstance(batch, Exception):
-                raise batch
-            validated = await asyncio.to_thread(_validate, entity, batch, snapshot.partner_id)
-            for part in validated:
-                snapshot.add(entity.name, part, 0)
-            snapshot.received[entity.name] += batch.size  # the records, bad ones included
-            snapshot.pages += batch.pages
+        async for page in pages:
+            await validator.add(snapshot, page)
     finally:
-        if not fetching.done():
-            fetching.cancel()
-        await asyncio.gather(fetching, return_exceptions=True)
+        await validator.close(snapshot)
 
 
 async def extract_partner(
-    client: BullPhishClient, usage_date: dt.date, partner_id: str
+    client: BullPhishClient,
+    usage_date: dt.date,
+    partner_id: str,
+    validators: dict[str, _Validator],
 ) -> Snapshot | ExtractResult:
     """Read and validate one partner-date: its complete snapshot, not yet written, or the
     ExtractResult of its failure (then nothing is written: its previous snapshot stays)."""
     snapshot = Snapshot(partner_id)
     lists = [
         asyncio.create_task(
-            _load_list(snapshot, ORGANIZATION, client.iter_organizations(partner_id, usage_date))
+            _read_list(
+                snapshot,
+                validators[ORGANIZATION.name],
+                client.iter_organizations(partner_id, usage_date),
+            )
         ),
         asyncio.create_task(
-            _load_list(
-                snapshot, TARGET, client.iter_targets(partner_id, usage_date, arrow=_TARGET_PAGES)
+            _read_list(
+                snapshot,
+                validators[TARGET.name],
+                client.iter_targets(partner_id, usage_date, arrow=_TARGET_PAGES),
             )
         ),
     ]
@@ -243,9 +329,11 @@ async def extract_partners(
                 for snapshot in snapshots:
                     finish(_result(snapshot))
 
+    validators = {e.name: _Validator(e) for e in (ORGANIZATION, TARGET)}
+
     async def one(partner_id: str) -> None:
         async with gate:
-            outcome = await extract_partner(client, usage_date, partner_id)
+            outcome = await extract_partner(client, usage_date, partner_id, validators)
         if isinstance(outcome, ExtractResult):
             finish(outcome)
         else:

@@ -339,15 +339,15 @@ def validate_records(
     records: Sequence[Any],
     positions: Sequence[tuple[int, int]] | np.ndarray,
     *,
-    expected_partner_id: str | None = None,
+    expected_partner_id: str | np.ndarray | None = None,
     exact: bool = False,
 ) -> ValidatedBatch:
     """Validate a batch of raw records of one entity.
 
     `positions` holds (page_no, page_row) for each record, so every quarantine row points at
     the record as served. `expected_partner_id` (organizations) quarantines a record that names
-    another partner than the list it came from. `exact=True` skips the fast path (tests use it
-    to check that both paths agree).
+    another partner than the list it came from (one id for the batch, or one per record).
+    `exact=True` skips the fast path (tests use it to check that both paths agree).
     """
     pages = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
     table = None if exact else _arrow_columns(entity, records)
@@ -375,7 +375,7 @@ def validate_table(
     table: pyarrow.Table,
     positions: np.ndarray,
     *,
-    expected_partner_id: str | None = None,
+    expected_partner_id: str | np.ndarray | None = None,
 ) -> ValidatedBatch:
     """Validate records that arrived as Arrow columns (`arrow_record_type`: date-times still
     strings), with the same answers as `validate_records` on the same records decoded by
@@ -394,7 +394,10 @@ def validate_table(
 
 
 def _validate_fast(
-    entity: Entity, table: pyarrow.Table, pages: np.ndarray, expected_partner_id: str | None
+    entity: Entity,
+    table: pyarrow.Table,
+    pages: np.ndarray,
+    expected_partner_id: str | np.ndarray | None,
 ) -> ValidatedBatch:
     frame = table.to_pandas(types_mapper=pd.ArrowDtype)
     reasons = _failures(entity.fast_schema(), frame)
@@ -406,7 +409,10 @@ def _validate_fast(
 
 
 def _validate_exact(
-    entity: Entity, records: Sequence[Any], pages: np.ndarray, expected_partner_id: str | None
+    entity: Entity,
+    records: Sequence[Any],
+    pages: np.ndarray,
+    expected_partner_id: str | np.ndarray | None,
 ) -> ValidatedBatch:
     frame = project(entity, records)
     reasons = _failures(entity.exact_schema(), frame)
@@ -422,7 +428,9 @@ def _validate_exact(
     return _split(entity, good, _strings(frame["id"]), pages, reasons, is_bad)
 
 
-def _other_partner(named: pd.Series, expected: str, reasons: dict[int, list[str]]) -> None:
+def _other_partner(
+    named: pd.Series, expected: str | np.ndarray, reasons: dict[int, list[str]]
+) -> None:
     for i in np.flatnonzero((named.notna() & named.ne(expected)).fillna(False)):
         reasons.setdefault(int(i), []).append("partner_id: not the partner listed")
 
