@@ -37,7 +37,18 @@ from bullphish_billing.demo import free_port, start_prefect_server, stop, wait_h
 
 TOKEN = "sandbox-bullphish-token"
 CLIENT_ID, CLIENT_SECRET = "sandbox-client", "sandbox-secret"
-STAGES = ("list-partners", "deliver-pending", "extract", "evaluate", "deliver", "publish")
+STAGES = (
+    "list-partners",
+    "deliver-pending",
+    "extract",
+    "evaluate",
+    "notable-changes",
+    "deliver",
+    "mappings",
+    "store-mappings",
+    "report",
+    "publish",
+)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -113,20 +124,33 @@ def _env(sandbox: Sandbox, api_url: str, prefect_home: Path, warehouse: Path) ->
 
 
 def _stage_seconds(api_url: str, flow_run_id: str) -> dict[str, float]:
-    response = httpx.post(
-        f"{api_url}/task_runs/filter",
-        json={"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200},
-        timeout=30,
-    )
-    response.raise_for_status()
-    stages: dict[str, float] = {}
-    for run in response.json():
+    """Wall seconds per stage: from its first task run's start to its last one's end (the
+    per-partner mapping tasks run side by side, so their run times would overstate it)."""
+    deadline = time.monotonic() + 30
+    while True:  # the server records task-run states from events, a moment after the run
+        response = httpx.post(
+            f"{api_url}/task_runs/filter",
+            json={"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200},
+            timeout=30,
+        )
+        response.raise_for_status()
+        runs = response.json()
+        if all(r.get("end_time") for r in runs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    spans: dict[str, tuple[dt.datetime, dt.datetime]] = {}
+    for run in runs:
+        if not run.get("start_time") or not run.get("end_time"):
+            continue
         stage = next(
             (s for s in sorted(STAGES, key=len, reverse=True) if run["name"].startswith(s)),
             run["name"],
         )
-        stages[stage] = stages.get(stage, 0.0) + float(run.get("total_run_time") or 0.0)
-    return stages
+        start = dt.datetime.fromisoformat(run["start_time"])
+        end = dt.datetime.fromisoformat(run["end_time"])
+        first, last = spans.get(stage, (start, end))
+        spans[stage] = (min(first, start), max(last, end))
+    return {stage: (end - start).total_seconds() for stage, (start, end) in spans.items()}
 
 
 def run_flow(sandbox: Sandbox, api_url: str, home: Path, work: Path, day: dt.date) -> dict:
@@ -283,6 +307,8 @@ def report(results: dict) -> str:
     ]
     for stage, seconds in sorted(flow["stages"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  {stage:<15}{seconds:8.2f} s")
+    outside = flow["flow_seconds"] - sum(flow["stages"].values())
+    lines.append(f"  {'(outside tasks)':<15}{outside:8.2f} s")
     cold = results["cold_start"]
     lines += [
         f"DuckDB floor     {results['duckdb_floor_seconds']:8.3f} s",
