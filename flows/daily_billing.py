@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from bullphish_billing import (
     delivery,
@@ -26,7 +27,14 @@ from bullphish_billing.warehouse.db import open_warehouse
 from tasks import billing
 
 
-@flow(name="daily-billing", flow_run_name="daily-billing-{usage_date}", log_prints=False)
+# The per-partner report tasks are mapped: a few threads keep the Prefect API busy, more
+# only contend (measured at 84 partners: 1.2 s with 8 threads, 1.75 s with one per task).
+@flow(
+    name="daily-billing",
+    flow_run_name="daily-billing-{usage_date}",
+    log_prints=False,
+    task_runner=ThreadPoolTaskRunner(max_workers=8),
+)
 def daily_billing(
     usage_date: dt.date | None = None,
     partner_ids: list[str] | None = None,
