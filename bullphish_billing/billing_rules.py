@@ -177,8 +177,12 @@ def evaluate(
                 SELECT * FROM raw.targets
                 WHERE usage_date = $d AND list_contains($p, partner_id)
             ),
+            repeated AS (  -- ids served more than once: few, so the DISTINCT below is cheap
+                SELECT partner_id, id FROM targets GROUP BY ALL HAVING count(*) > 1
+            ),
             conflicting AS (
-                SELECT partner_id, id FROM targets GROUP BY ALL
+                SELECT partner_id, id FROM targets SEMI JOIN repeated USING (partner_id, id)
+                GROUP BY ALL
                 HAVING count(DISTINCT (organization_id, status, updated_at)) > 1
                 UNION
                 SELECT partner_id, record_id FROM ops.quarantine
