@@ -195,6 +195,9 @@ class _Validator:
         async def validate() -> None:
             try:
                 parts = await asyncio.to_thread(_validate, self.entity, batch)
+            except asyncio.CancelledError:
+                batch.validated.cancel()
+                raise
             except BaseException as exc:
                 batch.validated.set_exception(exc)
                 raise
