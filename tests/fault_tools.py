@@ -1,5 +1,6 @@
-"""Shared by the fault tests (crash safety, outages, warehouse faults, secrets): the CLI in a
-child process against the sandbox, and the checks that say "delivered exactly once".
+"""Shared by the fault tests (crash safety, outages, warehouse faults, secrets): the Prefect API
+for CLI children (`child_env`, `run_cli` are in sandbox_env.py), and the checks that say
+"delivered exactly once".
 
 Child processes run `python -m bullphish_billing` against the Prefect server of the session's
 test harness (`PREFECT_API_URL`), so none of them pays for an ephemeral server of its own.
@@ -8,9 +9,7 @@ test harness (`PREFECT_API_URL`), so none of them pays for an ephemeral server o
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -30,44 +29,6 @@ def prefect_api_url(prefect_harness) -> str:
     url = PREFECT_API_URL.value()
     assert url, "the Prefect test harness has no API URL"
     return url
-
-
-def child_env(
-    sandbox: RunningSandbox, warehouse: Path, prefect_api_url: str, **extra: str
-) -> dict[str, str]:
-    """The environment of a `bullphish-billing` child: the sandbox's settings, nothing else."""
-    c = sandbox.config
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("BULLPHISH_", "KASEYAONE_", "BILLING_", "PREFECT_API"))
-    }
-    return env | {
-        "PREFECT_API_URL": prefect_api_url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "BULLPHISH_API_URL": sandbox.bullphish_url,
-        "BULLPHISH_API_TOKEN": c.bullphish_token,
-        "KASEYAONE_API_URL": sandbox.kaseyaone_url,
-        "KASEYAONE_CLIENT_ID": c.kaseyaone_client_id,
-        "KASEYAONE_CLIENT_SECRET": c.kaseyaone_client_secret,
-        "BILLING_WAREHOUSE": str(warehouse),
-        **extra,
-    }
-
-
-def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "bullphish_billing", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-
-
-def output(result: subprocess.CompletedProcess) -> str:
-    return result.stdout + result.stderr
 
 
 def our_error_lines(result: subprocess.CompletedProcess) -> list[str]:

@@ -1,12 +1,15 @@
-"""Helpers shared by the backfill and overlap tests: configuration for a running sandbox, and
-what KaseyaOne's sandbox holds and was sent."""
+"""Helpers shared by the tests that run against a sandbox: its settings as environment variables,
+the CLI in a child process, and what KaseyaOne's sandbox holds and was sent."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from bullphish_billing.sandbox import RunningSandbox
 
@@ -23,21 +26,56 @@ def sandbox_env(sandbox: RunningSandbox, warehouse: Path) -> dict[str, str]:
     }
 
 
-def child_env(sandbox: RunningSandbox, warehouse: Path, prefect_home: Path) -> dict[str, str]:
-    """The environment of a `python -m bullphish_billing` child process. When the test
-    harness runs, the child talks to its server (no ephemeral server to start: ~10 s less)."""
-    import prefect.settings
-
-    env = {
+def scrubbed_environ() -> dict[str, str]:
+    """This process's environment without any of the project's settings or a Prefect API URL,
+    so a child sees only what the test gives it."""
+    return {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("BULLPHISH_", "KASEYAONE_", "BILLING_", "PREFECT_API"))
     }
-    env |= sandbox_env(sandbox, warehouse) | {"PREFECT_HOME": str(prefect_home)}
-    api = prefect.settings.PREFECT_API_URL.value()
+
+
+def child_env(
+    sandbox: RunningSandbox,
+    warehouse: Path,
+    prefect_api_url: str | None = None,
+    *,
+    prefect_home: Path | None = None,
+    **extra: str,
+) -> dict[str, str]:
+    """The environment of a `python -m bullphish_billing` child process: the sandbox's
+    settings, `extra` settings, and the Prefect API of `prefect_api_url` or else of the test
+    harness when it runs (then the child starts no ephemeral server: ~10 s less)."""
+    import prefect.settings
+
+    env = scrubbed_environ() | sandbox_env(sandbox, warehouse)
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    if prefect_home is not None:
+        env["PREFECT_HOME"] = str(prefect_home)
+    api = prefect_api_url or prefect.settings.PREFECT_API_URL.value()
     if api:
         env["PREFECT_API_URL"] = api
-    return env
+    return env | extra
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], cwd: Path, **kwargs: Any
+) -> subprocess.CompletedProcess:
+    """`python -m bullphish_billing ARGS` in a child process, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "bullphish_billing", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        **kwargs,
+    )
+
+
+def output(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr
 
 
 def stored(sandbox: RunningSandbox, day: dt.date) -> dict[tuple[str, str, str], int]:

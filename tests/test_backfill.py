@@ -19,7 +19,7 @@ import pytest
 from oracle import expected_billing, expected_in_kaseyaone
 from sandbox_env import (
     child_env,
-    sandbox_env,
+    run_cli,
     sends_per_key,
     sends_per_partner_date,
     stored,
@@ -35,23 +35,6 @@ WEEK = [YESTERDAY - dt.timedelta(days=6 - i) for i in range(7)]
 # every partner role of sandbox/world.py; "today" pinned, so every run of a test sees one world
 CONFIG = SandboxConfig(today=TODAY)
 CLEAN = ["p_0002", "p_0009"]  # partners that deliver with nothing held or rejected
-
-
-def cli(args: list[str], env: dict[str, str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "bullphish_billing", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        **kwargs,
-    )
-
-
-def configure(monkeypatch, sandbox: RunningSandbox, warehouse: Path) -> None:
-    for name, value in sandbox_env(sandbox, warehouse).items():
-        monkeypatch.setenv(name, value)
 
 
 def computed(warehouse: Path, day: dt.date) -> dict[tuple[str, str, str], int]:
@@ -109,12 +92,12 @@ def test_dates_start_oldest_first_at_most_n_at_a_time_and_a_failure_stops_nothin
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_week_is_billed_day_by_day_as_of_each_day_and_a_rerun_sends_nothing(
-    monkeypatch, warehouse_path
+    configure, warehouse_path
 ):
     from flows.backfill import backfill
 
     with RunningSandbox(CONFIG) as sandbox:
-        configure(monkeypatch, sandbox, warehouse_path)
+        configure(sandbox)
         # the days differ (targets switch, p_0006 joins, p_0001 is held on yesterday only):
         # numbers taken from any other day's state would be caught
         per_day = [frozenset(expected_billing(sandbox.world, d).metrics.items()) for d in WEEK]
@@ -138,12 +121,12 @@ def test_a_week_is_billed_day_by_day_as_of_each_day_and_a_rerun_sends_nothing(
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_date_delivered_before_is_not_billed_again_unless_forced(monkeypatch, warehouse_path):
+def test_a_date_delivered_before_is_not_billed_again_unless_forced(configure, warehouse_path):
     from flows.backfill import backfill
 
     days = WEEK[2:4]
     with RunningSandbox(CONFIG) as sandbox:
-        configure(monkeypatch, sandbox, warehouse_path)
+        configure(sandbox)
         first = backfill(start=days[0], end=days[-1], partner_ids=CLEAN)
         assert [r.status for r in first.results] == ["delivered", "delivered"]
         assert first.exit_code == 0
@@ -188,7 +171,7 @@ def test_a_backfill_killed_halfway_and_started_again_delivers_each_partner_date_
     warehouse = tmp_path / "data" / "warehouse.duckdb"
     args = ["backfill", "--start", str(WEEK[0]), "--end", str(WEEK[-1]), "--concurrency", "2"]
     with RunningSandbox(CONFIG) as sandbox:
-        env = child_env(sandbox, warehouse, tmp_path / "prefect-home")
+        env = child_env(sandbox, warehouse, prefect_home=tmp_path / "prefect-home")
         child = subprocess.Popen(
             [sys.executable, "-m", "bullphish_billing", *args],
             env=env,
@@ -209,7 +192,7 @@ def test_a_backfill_killed_halfway_and_started_again_delivers_each_partner_date_
         delivered_dates = {r.body["usage_date"] for r in sandbox.kaseyaone.sends()}
         assert 3 <= len(delivered_dates) < len(WEEK)
 
-        result = cli(args, env, tmp_path)
+        result = run_cli(args, env, tmp_path)
         out = result.stdout + result.stderr
         assert result.returncode == 1, out  # p_0007 and p_0008, as on every date
         assert "Traceback" not in out
@@ -242,7 +225,7 @@ def test_a_backfill_killed_halfway_and_started_again_delivers_each_partner_date_
 )
 def test_a_range_that_cannot_be_backfilled_exits_2_with_one_line(tmp_path, args, words):
     env = {"PATH": "/usr/bin:/bin", "PREFECT_HOME": str(tmp_path / "prefect-home")}
-    result = cli(["backfill", *args], env, tmp_path)
+    result = run_cli(["backfill", *args], env, tmp_path)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     lines = result.stderr.strip().splitlines()
@@ -254,9 +237,9 @@ def test_a_range_that_cannot_be_backfilled_exits_2_with_one_line(tmp_path, args,
 def test_an_unknown_partner_exits_2_before_any_date_is_billed(tmp_path):
     warehouse = tmp_path / "data" / "warehouse.duckdb"
     with RunningSandbox(CONFIG) as sandbox:
-        env = child_env(sandbox, warehouse, tmp_path / "prefect-home")
+        env = child_env(sandbox, warehouse, prefect_home=tmp_path / "prefect-home")
         args = ["--start", str(WEEK[0]), "--end", str(WEEK[-1]), "--partner", "p_0002"]
-        result = cli(["backfill", *args, "--partner", "p_9999"], env, tmp_path)
+        result = run_cli(["backfill", *args, "--partner", "p_9999"], env, tmp_path)
         assert result.returncode == 2, result.stdout + result.stderr
         assert "Traceback" not in result.stderr + result.stdout
         ours = [x for x in result.stderr.splitlines() if x.startswith("bullphish-billing")]
@@ -267,7 +250,7 @@ def test_an_unknown_partner_exits_2_before_any_date_is_billed(tmp_path):
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_date_that_fails_stops_no_other_and_the_backfill_ends_with_exit_1(
-    monkeypatch, warehouse_path, capsys
+    monkeypatch, configure, capsys
 ):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -285,7 +268,7 @@ def test_a_date_that_fails_stops_no_other_and_the_backfill_ends_with_exit_1(
 
     monkeypatch.setattr(flows.backfill, "daily_billing", daily_billing)
     with RunningSandbox(CONFIG) as sandbox:
-        configure(monkeypatch, sandbox, warehouse_path)
+        configure(sandbox)
         code = run_backfill(days[0], days[-1], CLEAN, False, concurrency=2)
         out = capsys.readouterr().out
         assert code == 1

@@ -6,12 +6,11 @@ this test process on loopback), each on Prefect's ephemeral server in a temporar
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from sandbox_env import run_cli, sandbox_env, scrubbed_environ
 
 from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
 
@@ -21,25 +20,9 @@ SECRETS = SandboxConfig(
 )
 
 
-def cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "bullphish_billing", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-
-
 def bare_env(tmp_path: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("BULLPHISH_", "KASEYAONE_", "BILLING_", "PREFECT_API"))
-    }
-    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    return env
+    """No settings at all, and a Prefect home of its own (so an ephemeral server)."""
+    return scrubbed_environ() | {"PREFECT_HOME": str(tmp_path / "prefect-home")}
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +31,8 @@ def sandbox():
         yield running
 
 
-def sandbox_env(sandbox: RunningSandbox, tmp_path: Path) -> dict[str, str]:
-    c = sandbox.config
-    return bare_env(tmp_path) | {
-        "BULLPHISH_API_URL": sandbox.bullphish_url,
-        "BULLPHISH_API_TOKEN": c.bullphish_token,
-        "KASEYAONE_API_URL": sandbox.kaseyaone_url,
-        "KASEYAONE_CLIENT_ID": c.kaseyaone_client_id,
-        "KASEYAONE_CLIENT_SECRET": c.kaseyaone_client_secret,
-        "BILLING_WAREHOUSE": str(tmp_path / "wh.duckdb"),
-    }
+def cli_env(sandbox: RunningSandbox, tmp_path: Path) -> dict[str, str]:
+    return bare_env(tmp_path) | sandbox_env(sandbox, tmp_path / "wh.duckdb")
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
@@ -81,23 +56,23 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> N
     ],
 )
 def test_usage_and_configuration_errors_exit_2_with_one_line(tmp_path, args, words):
-    assert_one_line_error(cli(args, bare_env(tmp_path), tmp_path), *words)
+    assert_one_line_error(run_cli(args, bare_env(tmp_path), tmp_path), *words)
 
 
 def test_a_bad_setting_is_named(tmp_path, sandbox):
-    env = sandbox_env(sandbox, tmp_path) | {"BILLING_HOLD_THRESHOLD": "lots"}
-    assert_one_line_error(cli(["run"], env, tmp_path), "BILLING_HOLD_THRESHOLD")
+    env = cli_env(sandbox, tmp_path) | {"BILLING_HOLD_THRESHOLD": "lots"}
+    assert_one_line_error(run_cli(["run"], env, tmp_path), "BILLING_HOLD_THRESHOLD")
 
 
 def test_every_command_explains_itself(tmp_path):
     for command in ("run", "backfill", "sandbox", "demo"):
-        result = cli([command, "--help"], bare_env(tmp_path), tmp_path)
+        result = run_cli([command, "--help"], bare_env(tmp_path), tmp_path)
         assert result.returncode == 0 and "usage:" in result.stdout and len(result.stdout) > 200
 
 
 def test_a_clean_run_exits_0_with_no_traceback_or_error_and_no_secret(tmp_path, sandbox):
-    env = sandbox_env(sandbox, tmp_path)
-    result = cli(["run", "--partner", "p_0002", "--partner", "p_0009"], env, tmp_path)
+    env = cli_env(sandbox, tmp_path)
+    result = run_cli(["run", "--partner", "p_0002", "--partner", "p_0009"], env, tmp_path)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert "Traceback" not in out and "| ERROR" not in out and "WARNING" not in out
@@ -110,28 +85,28 @@ def test_a_clean_run_exits_0_with_no_traceback_or_error_and_no_secret(tmp_path, 
 
 
 def test_held_or_rejected_work_exits_1(tmp_path, sandbox):
-    result = cli(["run"], sandbox_env(sandbox, tmp_path), tmp_path)
+    result = run_cli(["run"], cli_env(sandbox, tmp_path), tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "held" in result.stdout and "partial" in result.stdout
 
 
 def test_an_unknown_partner_exits_2_before_any_work(tmp_path, sandbox):
     before = len(sandbox.kaseyaone.requests)
-    result = cli(["run", "--partner", "p_9999"], sandbox_env(sandbox, tmp_path), tmp_path)
+    result = run_cli(["run", "--partner", "p_9999"], cli_env(sandbox, tmp_path), tmp_path)
     assert_one_line_error(result, "unknown partner p_9999")
     assert len(sandbox.kaseyaone.requests) == before
 
 
 @pytest.mark.parametrize("variable", ["BULLPHISH_API_TOKEN", "KASEYAONE_CLIENT_SECRET"])
 def test_a_wrong_credential_exits_2_naming_it_not_showing_it(tmp_path, sandbox, variable):
-    env = sandbox_env(sandbox, tmp_path) | {variable: "not-the-right-one-XYZ"}
-    result = cli(["run"], env, tmp_path)
+    env = cli_env(sandbox, tmp_path) | {variable: "not-the-right-one-XYZ"}
+    result = run_cli(["run"], env, tmp_path)
     assert_one_line_error(result, variable)
     assert "not-the-right-one-XYZ" not in result.stdout + result.stderr
 
 
 def test_demo_works_with_no_configuration(tmp_path):
-    result = cli(["demo"], bare_env(tmp_path), tmp_path)
+    result = run_cli(["demo"], bare_env(tmp_path), tmp_path)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert "Traceback" not in out and "| ERROR" not in out

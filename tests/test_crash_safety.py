@@ -17,11 +17,9 @@ import duckdb
 import pytest
 from fault_tools import (
     assert_delivered_exactly_once,
-    child_env,
-    output,
     prefect_api_url,  # noqa: F401 - fixture
-    run_cli,
 )
+from sandbox_env import child_env, output, run_cli
 
 from bullphish_billing.dates import yesterday_utc
 from bullphish_billing.sandbox import RunningSandbox, SandboxConfig

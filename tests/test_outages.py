@@ -25,13 +25,11 @@ from fault_tools import (
     assert_delivered_exactly_once,
     assert_delivered_partner_dates_are_in_kaseyaone,
     assert_no_double_sends,
-    child_env,
     expected_stored,
-    output,
     prefect_api_url,  # noqa: F401 - fixture
-    run_cli,
     stored,
 )
+from sandbox_env import child_env, output, run_cli
 
 from bullphish_billing import cli
 from bullphish_billing.clients import (

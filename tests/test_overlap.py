@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import duckdb
 import pytest
 from oracle import expected_billing, expected_in_kaseyaone
-from sandbox_env import sandbox_env, sends_per_key, sends_per_partner_date, stored
+from sandbox_env import sends_per_key, sends_per_partner_date, stored
 
 from bullphish_billing import lease
 from bullphish_billing.dates import today_utc
@@ -131,17 +131,12 @@ def test_runs_side_by_side_may_open_a_new_warehouse_at_the_same_moment(tmp_path)
     assert errors == []
 
 
-def configure(monkeypatch, sandbox, warehouse) -> None:
-    for name, value in sandbox_env(sandbox, warehouse).items():
-        monkeypatch.setenv(name, value)
-
-
 @pytest.mark.usefixtures("prefect_harness")
-def test_two_runs_of_one_date_at_once_deliver_it_once(monkeypatch, warehouse_path):
+def test_two_runs_of_one_date_at_once_deliver_it_once(configure, warehouse_path):
     from flows.daily_billing import daily_billing
 
     with RunningSandbox(CONFIG) as sandbox:
-        configure(monkeypatch, sandbox, warehouse_path)
+        configure(sandbox)
         together = threading.Barrier(2, timeout=60)
 
         def run():
@@ -166,12 +161,12 @@ def test_two_runs_of_one_date_at_once_deliver_it_once(monkeypatch, warehouse_pat
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_partner_date_another_run_keeps_is_left_to_it_with_a_message(monkeypatch, warehouse_path):
+def test_a_partner_date_another_run_keeps_is_left_to_it_with_a_message(configure, warehouse_path):
     from flows.daily_billing import daily_billing
 
     day = DAY - dt.timedelta(days=1)
     with RunningSandbox(CONFIG) as sandbox:
-        configure(monkeypatch, sandbox, warehouse_path)
+        configure(sandbox)
         other = lease.RunLeases(warehouse_path, "the-other-run")
         assert other.try_acquire(lease.partner_date(day, "p_0002"))
         try:

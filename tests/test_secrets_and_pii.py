@@ -22,7 +22,8 @@ from uuid import UUID
 import duckdb
 import httpx
 import pytest
-from fault_tools import child_env, output, prefect_api_url, run_cli  # noqa: F401 - fixture
+from fault_tools import prefect_api_url  # noqa: F401 - fixture
+from sandbox_env import child_env, output, run_cli
 from test_daily_flow import assert_no_personal_data
 
 from bullphish_billing.dates import yesterday_utc

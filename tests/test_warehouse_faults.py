@@ -22,13 +22,11 @@ import pytest
 from fault_tools import (
     assert_delivered_exactly_once,
     assert_delivered_partner_dates_are_in_kaseyaone,
-    child_env,
     our_error_lines,
-    output,
     prefect_api_url,  # noqa: F401 - fixture
-    run_cli,
     stored,
 )
+from sandbox_env import child_env, output, run_cli, sandbox_env
 
 from bullphish_billing.dates import yesterday_utc
 from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
@@ -205,15 +203,7 @@ def test_a_disk_that_fills_between_send_and_record_loses_nothing_and_doubles_not
         return result
 
     with RunningSandbox(SMALL) as sandbox:
-        c = sandbox.config
-        for name, value in {
-            "BULLPHISH_API_URL": sandbox.bullphish_url,
-            "BULLPHISH_API_TOKEN": c.bullphish_token,
-            "KASEYAONE_API_URL": sandbox.kaseyaone_url,
-            "KASEYAONE_CLIENT_ID": c.kaseyaone_client_id,
-            "KASEYAONE_CLIENT_SECRET": c.kaseyaone_client_secret,
-            "BILLING_WAREHOUSE": str(warehouse),
-        }.items():
+        for name, value in sandbox_env(sandbox, warehouse).items():
             monkeypatch.setenv(name, value)
         monkeypatch.setattr(KaseyaOneClient, "report_usage", report_then_fill)
         state = daily_billing(usage_date=DAY, return_state=True)
