@@ -67,9 +67,8 @@ def write_snapshots(
                 "AND list_contains(?, partner_id) AND entity <> 'partner'",
                 [usage_date, replaced],
             )
-        for entity, table in _RAW_TABLES.items():
-            _append_rows(cur, table, usage_date, snapshots, entity, run_id)
-            _append_quarantine(cur, usage_date, snapshots, entity, run_id)
+        for entity in _RAW_TABLES:
+            _append(cur, usage_date, snapshots, entity, run_id)
         cur.register(
             "extracted",
             pa.table(
@@ -94,50 +93,34 @@ def write_snapshots(
         cur.close()
 
 
-def _append_rows(
+def _append(
     cur: duckdb.DuckDBPyConnection,
-    table: str,
     usage_date: dt.date,
     snapshots: list[Snapshot],
     entity: str,
     run_id: str,
 ) -> None:
-    parts = [
-        batch.rows.append_column(
-            "partner_id", pa.array([s.partner_id] * batch.rows.num_rows, pa.string())
+    """Append the snapshots' rows and quarantine of one entity, one statement each."""
+    batches = [(s.partner_id, batch) for s in snapshots for batch in s.batches[entity]]
+    rows = [
+        b.rows.append_column("partner_id", pa.array([p] * b.rows.num_rows, pa.string()))
+        for p, b in batches
+        if b.rows.num_rows
+    ]
+    if rows:
+        good = pa.concat_tables(rows)
+        cols = ", ".join(good.column_names)
+        cur.register("good_rows", good)
+        cur.execute(
+            f"INSERT INTO {_RAW_TABLES[entity]} (usage_date, {cols}, run_id) "
+            f"SELECT ?, {cols}, ? FROM good_rows",
+            [usage_date, run_id],
         )
-        for s in snapshots
-        for batch in s.batches[entity]
-        if batch.rows.num_rows
-    ]
-    if not parts:
-        return
-    rows = pa.concat_tables(parts)
-    cols = ", ".join(rows.column_names)
-    cur.register("good_rows", rows)
-    cur.execute(
-        f"INSERT INTO {table} (usage_date, {cols}, run_id) SELECT ?, {cols}, ? FROM good_rows",
-        [usage_date, run_id],
-    )
-    cur.unregister("good_rows")
-
-
-def _append_quarantine(
-    cur: duckdb.DuckDBPyConnection,
-    usage_date: dt.date,
-    snapshots: list[Snapshot],
-    entity: str,
-    run_id: str,
-) -> None:
-    parts = [
-        batch.bad.assign(partner_id=s.partner_id)
-        for s in snapshots
-        for batch in s.batches[entity]
-        if len(batch.bad)
-    ]
-    if parts:
+        cur.unregister("good_rows")
+    bad = [b.bad.assign(partner_id=p) for p, b in batches if len(b.bad)]
+    if bad:
         insert_quarantine(
-            cur, pd.concat(parts, ignore_index=True), usage_date, None, entity, "record", run_id
+            cur, pd.concat(bad, ignore_index=True), usage_date, None, entity, "record", run_id
         )
 
 
