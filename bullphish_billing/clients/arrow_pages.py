@@ -94,7 +94,9 @@ def _plain_json_object(body: bytes) -> bool:
     mark, NaN or Infinity (not JSON, though Arrow reads them)."""
     if body.lstrip(b" \t\r\n")[:1] != b"{":
         return False
-    if _NOT_A_JSON_NUMBER.search(body):
+    # the regex stops at every `:`, `,` and `[` (about 1 ms a page of 1,000 targets); a
+    # substring search first leaves it only the rare page that names NaN or Infinity at all
+    if (b"NaN" in body or b"Infinity" in body) and _NOT_A_JSON_NUMBER.search(body):
         return False
     try:
         body.decode("utf-8")
