@@ -11,6 +11,11 @@ import sys
 import time
 
 
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     day, out = sys.argv[1], sys.argv[2]
     start = time.perf_counter()
@@ -19,9 +24,11 @@ def main() -> None:
     from flows.daily_billing import daily_billing
 
     imported = time.perf_counter()
+    cpu_before = _cpu()
     state = daily_billing(usage_date=dt.date.fromisoformat(day), return_state=True)
     summary = state.result()
     end = time.perf_counter()
+    cpu = _cpu() - cpu_before
     with open(out, "w") as handle:
         json.dump(
             {
@@ -29,6 +36,7 @@ def main() -> None:
                 "exit_code": summary.exit_code,
                 "import_seconds": imported - start,
                 "flow_seconds": end - imported,
+                "cpu_seconds": cpu,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "metrics": sum(o.metrics_computed for o in summary.outcomes),
                 "records": sum(o.records_received for o in summary.outcomes),

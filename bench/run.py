@@ -6,12 +6,14 @@ Measured, in one run, on one machine:
   access pattern (bench/fetch_floor.py);
 - the daily flow, in a child process against a local `prefect server start`: end-to-end wall
   time, each stage (from Prefect's task runs), peak RSS;
+- the Prefect floor: the flow's own task runs and artifacts replayed with no work in between
+  (bench/prefect_floor.py): the part of the flow's time that is Prefect's on this machine;
 - the DuckDB floor: the one GROUP BY that computes the per-user counts over the raw table;
 - the command's cold start (`bullphish-billing --help`, importing the flow);
 - optionally dlt's rest_api source on the same sandbox, at a smaller scale, against the flow
   at that same scale (the `bench` extra: pip install -e '.[bench]').
-The sandbox runs in its own process; its CPU time is reported so it can be seen not to be
-the bottleneck.
+The sandbox and the Prefect server run in their own processes; the CPU time of each (and of
+the flow's) is reported, so that it can be seen which one the run waited for.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -32,6 +35,7 @@ import duckdb
 import httpx
 
 from bench.fetch_floor import fetch_floor
+from bench.prefect_floor import shape
 from bench.scales import SCALES, Scale
 from bullphish_billing.demo import free_port, start_prefect_server, stop, wait_healthy
 
@@ -54,6 +58,11 @@ STAGES = (
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 class Sandbox:
@@ -153,10 +162,13 @@ def _stage_seconds(api_url: str, flow_run_id: str) -> dict[str, float]:
     return {stage: (end - start).total_seconds() for stage, (start, end) in spans.items()}
 
 
-def run_flow(sandbox: Sandbox, api_url: str, home: Path, work: Path, day: dt.date) -> dict:
+def run_flow(
+    sandbox: Sandbox, api_url: str, home: Path, work: Path, day: dt.date, server_pid: int
+) -> dict:
     warehouse = work / f"warehouse-{sandbox.bullphish_port}.duckdb"
     out = work / f"flow-{sandbox.bullphish_port}.json"
     cpu_before = sandbox.cpu()
+    server_before = _cpu_seconds(server_pid)
     start = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "bench.flow_child", day.isoformat(), str(out)],
@@ -169,8 +181,31 @@ def run_flow(sandbox: Sandbox, api_url: str, home: Path, work: Path, day: dt.dat
     result = json.loads(out.read_text())
     result["wall_seconds"] = wall
     result["sandbox_cpu_seconds"] = sandbox.cpu() - cpu_before
+    result["prefect_server_cpu_seconds"] = _cpu_seconds(server_pid) - server_before
     result["stages"] = _stage_seconds(api_url, result["flow_run_id"])
     result["warehouse"] = str(warehouse)
+    return result
+
+
+def prefect_floor(api_url: str, home: Path, work: Path, flow_run_id: str, server_pid: int) -> dict:
+    """The measured run's task runs and artifacts, replayed with no work (prefect_floor.py)."""
+    spec, out = work / "prefect-shape.json", work / "prefect-floor.json"
+    spec.write_text(json.dumps(shape(api_url, flow_run_id)))
+    server_before = _cpu_seconds(server_pid)
+    subprocess.run(
+        [sys.executable, "-m", "bench.prefect_floor", str(spec), str(out)],
+        env=os.environ
+        | {
+            "PREFECT_API_URL": api_url,
+            "PREFECT_HOME": str(home),
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        },
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    result = json.loads(out.read_text())
+    result["prefect_server_cpu_seconds"] = _cpu_seconds(server_pid) - server_before
     return result
 
 
@@ -255,21 +290,25 @@ def benchmark(scale: Scale, dlt_scale: Scale | None, work: Path) -> dict:
         sandbox = Sandbox(scale)
         try:
             warm = fetch_floor(sandbox.bullphish_url, TOKEN, day)  # fills the sandbox's cache
-            cpu_before = sandbox.cpu()
+            cpu_before, own_before = sandbox.cpu(), _own_cpu_seconds()
             floor = fetch_floor(sandbox.bullphish_url, TOKEN, day)
+            floor["cpu_seconds"] = _own_cpu_seconds() - own_before
             floor["sandbox_cpu_seconds"] = sandbox.cpu() - cpu_before
             floor["first_pass_seconds"] = warm["seconds"]
             results["fetch_floor"] = floor
-            results["flow"] = run_flow(sandbox, api_url, home, work, day)
+            results["flow"] = run_flow(sandbox, api_url, home, work, day, server.pid)
         finally:
             sandbox.close()
+        results["prefect_floor"] = prefect_floor(
+            api_url, home, work, results["flow"]["flow_run_id"], server.pid
+        )
         results["duckdb_floor_seconds"] = duckdb_floor(results["flow"]["warehouse"], day)
         results["cold_start"] = cold_start()
         if dlt_scale is not None:
             small = Sandbox(dlt_scale)
             try:
                 fetch_floor(small.bullphish_url, TOKEN, day)
-                flow_small = run_flow(small, api_url, home, work, day)
+                flow_small = run_flow(small, api_url, home, work, day, server.pid)
                 dlt_result = run_dlt(small, work, day)
             finally:
                 small.close()
@@ -283,6 +322,8 @@ def benchmark(scale: Scale, dlt_scale: Scale | None, work: Path) -> dict:
     flow, floor = results["flow"], results["fetch_floor"]
     ratios = {
         "flow_vs_fetch_floor": flow["flow_seconds"] / floor["seconds"],
+        "flow_vs_fetch_plus_prefect_floors": flow["flow_seconds"]
+        / (floor["seconds"] + results["prefect_floor"]["seconds"]),
         "aggregate_vs_duckdb_floor": flow["stages"].get("evaluate", 0.0)
         / max(results["duckdb_floor_seconds"], 1e-9),
     }
@@ -295,15 +336,20 @@ def benchmark(scale: Scale, dlt_scale: Scale | None, work: Path) -> dict:
 
 def report(results: dict) -> str:
     scale, flow, floor = results["scale"], results["flow"], results["fetch_floor"]
+    bookkeeping = results["prefect_floor"]
     organizations = scale["partners"] * scale["organizations_per_partner"]
     lines = [
         f"scale {scale['name']}: {scale['partners']} partners, {organizations} organizations, "
         f"{scale['targets']} targets",
         f"fetch floor      {floor['seconds']:8.2f} s  ({floor['records']} records; "
-        f"sandbox CPU {floor['sandbox_cpu_seconds']:.2f} s)",
+        f"CPU {floor['cpu_seconds']:.2f} s, sandbox CPU {floor['sandbox_cpu_seconds']:.2f} s)",
+        f"Prefect floor    {bookkeeping['seconds']:8.2f} s  ({bookkeeping['task_runs']} task runs, "
+        f"{bookkeeping['artifacts']} artifacts, no work; CPU {bookkeeping['cpu_seconds']:.2f} s, "
+        f"Prefect server CPU {bookkeeping['prefect_server_cpu_seconds']:.2f} s)",
         f"flow end to end  {flow['flow_seconds']:8.2f} s  "
-        f"(child wall {flow['wall_seconds']:.2f} s, "
-        f"peak RSS {flow['peak_rss_mb']:.0f} MB, sandbox CPU {flow['sandbox_cpu_seconds']:.2f} s)",
+        f"(child wall {flow['wall_seconds']:.2f} s, peak RSS {flow['peak_rss_mb']:.0f} MB; "
+        f"CPU {flow['cpu_seconds']:.2f} s, sandbox CPU {flow['sandbox_cpu_seconds']:.2f} s, "
+        f"Prefect server CPU {flow['prefect_server_cpu_seconds']:.2f} s)",
     ]
     for stage, seconds in sorted(flow["stages"].items(), key=lambda kv: -kv[1]):
         lines.append(f"  {stage:<15}{seconds:8.2f} s")

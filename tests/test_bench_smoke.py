@@ -34,5 +34,14 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_scale(tmp_path):
     assert figures["flow"]["exit_code"] in (0, 1)
     assert figures["flow"]["records"] == figures["fetch_floor"]["records"] > 0
     assert {"extract", "evaluate", "deliver"} <= set(figures["flow"]["stages"])
-    assert set(figures["ratios"]) >= {"flow_vs_fetch_floor", "aggregate_vs_duckdb_floor"}
+    assert set(figures["ratios"]) >= {
+        "flow_vs_fetch_floor",
+        "flow_vs_fetch_plus_prefect_floors",
+        "aggregate_vs_duckdb_floor",
+    }
+    # the Prefect floor replays the run's own task runs and artifacts: one report per partner
+    floor = figures["prefect_floor"]
+    assert floor["task_runs"] > figures["scale"]["partners"]
+    assert floor["artifacts"] >= figures["scale"]["partners"]
+    assert figures["flow"]["prefect_server_cpu_seconds"] >= 0
     assert "ratios:" in result.stdout
