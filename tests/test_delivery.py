@@ -93,6 +93,31 @@ def test_changing_back_to_earlier_numbers_is_sent_again_not_replayed(con, sandbo
     assert len(set(keys)) == 3
 
 
+def test_two_pending_batches_of_one_metric_are_recorded_as_kaseyaone_holds_them(con, sandbox):
+    """Answers are recorded together at the end of the stage: where two batches of one run
+    name the same metric (an older pending batch, then a correction), the later one holds, as
+    in KaseyaOne, and nothing is planned again."""
+    org = "o_0002o0001"
+    set_metrics(con, "p_0002", {org: 1})
+    assert delivery.plan(con, DAY, ["p_0002"], "test") == 1  # pending, not sent
+    set_metrics(con, "p_0002", {org: 0})
+    assert deliver(sandbox, con, "p_0002") == 1  # a second pending batch; both go now
+    stored = {
+        m["organization_id"]: m["units"]
+        for m in sandbox.kaseyaone.stored("p_0002", DAY)
+        if m["billing_type"] == TYPE
+    }
+    assert stored[org] == 0
+    acknowledged = con.execute(
+        "SELECT units FROM ops.acknowledged_metrics WHERE organization_id = ?", [org]
+    ).fetchall()
+    assert acknowledged == [(0,)]
+    assert con.execute(
+        "SELECT count(*) FROM ops.outbox WHERE status <> 'acknowledged'"
+    ).fetchall() == [(0,)]
+    assert deliver(sandbox, con, "p_0002") == 0
+
+
 def test_the_key_is_derived_from_the_content():
     payload = {
         "module": "bullphish-id",
