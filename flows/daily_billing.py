@@ -7,6 +7,7 @@ import uuid
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -51,9 +52,10 @@ def daily_billing(
     """
     day = usage_date or yesterday_utc()
     run_id = str(flow_run.get_id() or uuid.uuid4())
+    reports: list[PrefectFuture[None]] = []
     try:
         with lease.run_leases(load_settings().warehouse, run_id) as leases:
-            return _bill(day, partner_ids, dry_run, run_id, leases, force, lease_wait_s)
+            return _bill(day, partner_ids, dry_run, run_id, leases, force, lease_wait_s, reports)
     except USER_FACING_ERRORS as exc:
         # bad configuration or input: fail the run with a one-line message, no traceback
         get_run_logger().error("%s", exc)
@@ -61,6 +63,7 @@ def daily_billing(
     finally:
         # the analysts' file, after every run that started, however it ended
         billing.publish(day, run_id, return_state=True)
+        wait(reports)  # the per-partner artifacts, written meanwhile by the Prefect API
 
 
 def _bill(
@@ -69,9 +72,12 @@ def _bill(
     dry_run: bool,
     run_id: str,
     leases: lease.RunLeases,
-    force: bool = False,
-    lease_wait_s: float = lease.DEFAULT_WAIT_S,
+    force: bool,
+    lease_wait_s: float,
+    reports: list[PrefectFuture[None]],
 ) -> outcomes.RunSummary:
+    """The run after its leases are taken. The per-partner report tasks it starts are added
+    to `reports` for the caller to wait for (after publishing: the two overlap)."""
     log = get_run_logger()
     settings = load_settings()
     settings.require_apis()
@@ -115,11 +121,7 @@ def _bill(
     changes = billing.notable_changes(settings, day, computed, run_id)
     report = None
     if not dry_run:
-        to_send = sorted(p for p, e in evaluations.items() if not e.held)
-        report = billing.deliver(settings, day, to_send, run_id, force=force).report
-        fetched = billing.fetch_mappings(settings, day, to_send)
-        with leases.holding(lease.organization_mappings(), wait_s=lease_wait_s):
-            billing.store_mappings(settings, day, fetched, run_id)  # shared by every date
+        report = billing.deliver(settings, day, computed, run_id, force=force).report
 
     summary = outcomes.RunSummary(
         run_id=run_id,
@@ -149,14 +151,18 @@ def _bill(
         ),
         description=f"Per-user counts that moved, modules switched, on {day}",
     )
-    # one task per partner, named after it, writing its artifact (history per partner)
-    reports = billing.report_partner.map(
+    # one task per partner, named after it, writing its artifact (history per partner); they
+    # wait on the Prefect API, so the rest of the run goes on meanwhile
+    reports += billing.report_partner.map(
         [o.partner_id for o in summary.outcomes],
         unmapped(day),
         summary.outcomes,
         unmapped(changes),
     )
-    reports.wait()
+    if not dry_run:  # the organization mappings only inform analysts: they come last
+        fetched = billing.fetch_mappings(settings, day, computed)
+        with leases.holding(lease.organization_mappings(), wait_s=lease_wait_s):
+            billing.store_mappings(settings, day, fetched, run_id)  # shared by every date
     log.info("%s", reporting.one_line(summary))
     return summary
 
