@@ -10,10 +10,7 @@ import resource
 import sys
 import time
 
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from bench.cpu import own_cpu_seconds
 
 
 def main() -> None:
@@ -24,11 +21,11 @@ def main() -> None:
     from flows.daily_billing import daily_billing
 
     imported = time.perf_counter()
-    cpu_before = _cpu()
+    cpu_before = own_cpu_seconds()
     state = daily_billing(usage_date=dt.date.fromisoformat(day), return_state=True)
     summary = state.result()
     end = time.perf_counter()
-    cpu = _cpu() - cpu_before
+    cpu = own_cpu_seconds() - cpu_before
     with open(out, "w") as handle:
         json.dump(
             {

@@ -12,12 +12,13 @@ this machine (flow-run start and end, task-run and artifact API calls), whatever
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from bench.cpu import own_cpu_seconds
 
 MAPPED = "report-"  # the per-partner tasks the flow maps side by side
 MAX_WORKERS = 8  # the daily flow's ThreadPoolTaskRunner
@@ -90,14 +91,12 @@ def replay(spec: dict) -> dict:
         if mapped:
             stage.map([t["name"] for t in mapped], [t["artifacts"] for t in mapped]).wait()
 
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    start = time.perf_counter()
+    cpu_before, start = own_cpu_seconds(), time.perf_counter()
     bookkeeping()
     seconds = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "seconds": seconds,
-        "cpu_seconds": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+        "cpu_seconds": own_cpu_seconds() - cpu_before,
         "task_runs": len(spec["tasks"]),
         "artifacts": len(spec["flow_artifacts"]) + sum(len(t["artifacts"]) for t in spec["tasks"]),
     }

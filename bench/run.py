@@ -23,7 +23,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 import duckdb
 import httpx
 
+from bench.cpu import cpu_seconds, own_cpu_seconds
 from bench.fetch_floor import fetch_floor
 from bench.prefect_floor import shape
 from bench.scales import SCALES, Scale
@@ -53,16 +53,6 @@ STAGES = (
     "report",
     "publish",
 )
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class Sandbox:
@@ -111,7 +101,7 @@ class Sandbox:
         raise RuntimeError("the sandbox did not start")
 
     def cpu(self) -> float:
-        return _cpu_seconds(self.process.pid)
+        return cpu_seconds(self.process.pid)
 
     def close(self) -> None:
         stop(self.process)
@@ -191,7 +181,7 @@ def run_flow(
     warehouse = work / f"warehouse-{sandbox.bullphish_port}.duckdb"
     out = work / f"flow-{sandbox.bullphish_port}.json"
     cpu_before = sandbox.cpu()
-    server_before = _cpu_seconds(server_pid)
+    server_before = cpu_seconds(server_pid)
     start = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "bench.flow_child", day.isoformat(), str(out)],
@@ -204,7 +194,7 @@ def run_flow(
     result = json.loads(out.read_text())
     result["wall_seconds"] = wall
     result["sandbox_cpu_seconds"] = sandbox.cpu() - cpu_before
-    result["prefect_server_cpu_seconds"] = _cpu_seconds(server_pid) - server_before
+    result["prefect_server_cpu_seconds"] = cpu_seconds(server_pid) - server_before
     spans = _stage_spans(api_url, result["flow_run_id"])
     result["stages"] = {
         stage: (end - start).total_seconds() for stage, (start, end) in spans.items()
@@ -219,7 +209,7 @@ def prefect_floor(api_url: str, home: Path, work: Path, flow_run_id: str, server
     """The measured run's task runs and artifacts, replayed with no work (prefect_floor.py)."""
     spec, out = work / "prefect-shape.json", work / "prefect-floor.json"
     spec.write_text(json.dumps(shape(api_url, flow_run_id)))
-    server_before = _cpu_seconds(server_pid)
+    server_before = cpu_seconds(server_pid)
     subprocess.run(
         [sys.executable, "-m", "bench.prefect_floor", str(spec), str(out)],
         env=os.environ
@@ -233,7 +223,7 @@ def prefect_floor(api_url: str, home: Path, work: Path, flow_run_id: str, server
         stdout=subprocess.DEVNULL,
     )
     result = json.loads(out.read_text())
-    result["prefect_server_cpu_seconds"] = _cpu_seconds(server_pid) - server_before
+    result["prefect_server_cpu_seconds"] = cpu_seconds(server_pid) - server_before
     return result
 
 
@@ -318,9 +308,9 @@ def benchmark(scale: Scale, dlt_scale: Scale | None, work: Path) -> dict:
         sandbox = Sandbox(scale)
         try:
             warm = fetch_floor(sandbox.bullphish_url, TOKEN, day)  # fills the sandbox's cache
-            cpu_before, own_before = sandbox.cpu(), _own_cpu_seconds()
+            cpu_before, own_before = sandbox.cpu(), own_cpu_seconds()
             floor = fetch_floor(sandbox.bullphish_url, TOKEN, day)
-            floor["cpu_seconds"] = _own_cpu_seconds() - own_before
+            floor["cpu_seconds"] = own_cpu_seconds() - own_before
             floor["sandbox_cpu_seconds"] = sandbox.cpu() - cpu_before
             floor["first_pass_seconds"] = warm["seconds"]
             results["fetch_floor"] = floor
