@@ -53,6 +53,14 @@ class Settings(BaseSettings):
         "a request on the wire is cut: what is not extracted is failed, what is not sent stays "
         "pending for the next run.",
     )
+    warehouse_lock_wait_s: float = Field(
+        120.0,
+        alias="BILLING_WAREHOUSE_LOCK_WAIT_S",
+        ge=0,
+        description="How long a stage waits for the warehouse while another process holds it "
+        "(DuckDB lets one process write the file; two runs take turns, stage by stage) before "
+        "the run ends with a one-line error.",
+    )
     # time.monotonic() when these settings were loaded: the run's clock. A private attribute,
     # so no environment variable can set it; Prefect keeps it when it hands the settings to
     # the run's tasks (in this process: the clock means nothing in another one).

@@ -89,11 +89,13 @@ def list_partners(settings: Settings, usage_date: dt.date, run_id: str) -> list[
 
     async def fetch() -> None:
         async with bullphish_client(settings) as client:
-            with open_warehouse(settings.warehouse) as con:
+            with open_warehouse(
+                settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s
+            ) as con:
                 await extract_partner_list(client, con, usage_date, run_id)
 
     asyncio.run(fetch())
-    with open_warehouse(settings.warehouse) as con:
+    with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
         return billing_rules.decide_partners(con, usage_date, run_id)
 
 
@@ -120,7 +122,9 @@ def extract(
 
     async def fetch() -> dict[str, ExtractResult]:
         async with bullphish_client(settings) as client:
-            with open_warehouse(settings.warehouse) as con:
+            with open_warehouse(
+                settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s
+            ) as con:
                 return await extract_partners(
                     client,
                     con,
@@ -139,7 +143,7 @@ def evaluate(
     settings: Settings, usage_date: dt.date, partner_ids: list[str], run_id: str
 ) -> dict[str, Evaluation]:
     """Apply the billing rules and store the partner-dates' metrics."""
-    with open_warehouse(settings.warehouse) as con:
+    with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
         return billing_rules.evaluate(
             con, usage_date, partner_ids, hold_threshold=settings.hold_threshold, run_id=run_id
         )
@@ -166,23 +170,25 @@ def deliver(
 
     async def send() -> delivery.DeliveryReport:
         async with kaseyaone_client(settings) as client:
-            with open_warehouse(settings.warehouse) as con:
+            with open_warehouse(
+                settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s
+            ) as con:
                 return await delivery.send_pending(client, con)
 
     planned = 0
     if usage_date is not None and partner_ids:
         crashpoint("after-compute")
-        with open_warehouse(settings.warehouse) as con:
+        with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
             planned = delivery.plan(con, usage_date, partner_ids, run_id, force=force)
         crashpoint("after-plan")
     elif usage_date is None:
-        with open_warehouse(settings.warehouse) as con:
+        with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
             planned = delivery.plan_interrupted(con, run_id)
-    with open_warehouse(settings.warehouse) as con:
+    with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
         anything = bool(delivery.pending_batches(con))
     report = asyncio.run(send()) if anything else delivery.DeliveryReport()
     if usage_date is not None and partner_ids:
-        with open_warehouse(settings.warehouse) as con:
+        with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
             for partner_id, n in delivery.standing_rejections(con, usage_date, partner_ids).items():
                 report.rejected[(usage_date, partner_id)] = n
     return DeliveryOutcome(report=report, planned_batches=planned)
@@ -223,7 +229,7 @@ def fetch_mappings(settings: Settings, partner_ids: list[str]) -> list[mappings.
 
 def store_mappings(settings: Settings, fetches: list[mappings.MappingFetch], run_id: str) -> int:
     """Store the fetched mappings (failed fetches keep the partner's previous ones)."""
-    with open_warehouse(settings.warehouse) as con:
+    with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
         return mappings.store(con, fetches, run_id)
 
 
@@ -231,7 +237,7 @@ def notable_changes(
     settings: Settings, usage_date: dt.date, partner_ids: list[str], run_id: str
 ) -> list[notable.NotableChange]:
     """Detect and store the partner-dates' notable changes against the previous day."""
-    with open_warehouse(settings.warehouse) as con:
+    with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
         return notable.detect(
             con,
             usage_date,
@@ -247,7 +253,7 @@ def publish_analytics(settings: Settings, run_id: str) -> publish.PublishResult 
     configuration or input error before any work)."""
     if not settings.warehouse.exists():
         return None
-    with open_warehouse(settings.warehouse) as con:
+    with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
         if not fetch_value(con, "SELECT count(*) FROM ops.runs WHERE run_id = ?", [run_id]):
             return None
         return publish.publish(con, settings.analytics_path)

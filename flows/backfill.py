@@ -42,7 +42,9 @@ def backfill(
         settings = load_settings()
         rules.preflight(settings, start, end, partner_ids, dry_run, concurrency)
         days = rules.date_range(start, end)
-        with open_warehouse(settings.warehouse) as con:  # also creates it before the threads
+        with open_warehouse(
+            settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s
+        ) as con:  # also creates it before the threads
             done = set() if dry_run or force else rules.completed_dates(con, days, partner_ids)
     except (*USER_FACING_ERRORS, rules.BackfillRangeError) as exc:
         log.error("%s", exc)

@@ -85,7 +85,7 @@ def _bill(
     stages.check_bullphish(settings, day)
     if not dry_run:
         stages.check_kaseyaone(settings)
-    with open_warehouse(settings.warehouse) as con:
+    with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
         outcomes.start_run(con, run_id, day, dry_run)
 
     def waiting(key: lease.Key, holder: str) -> None:
@@ -130,7 +130,7 @@ def _bill(
         outcomes=outcomes.combine(day, decisions, extracts, evaluations, report, dry_run),
         earlier_batches_sent=earlier.report.batches_sent if earlier else 0,
     )
-    with open_warehouse(settings.warehouse) as con:
+    with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
         summary.still_pending = 0 if dry_run else _still_pending(con, leases)
         summary.notes = reporting.unattributed_quarantine(con, day)
         outcomes.record(con, summary)

@@ -12,8 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
 import pytest
+from fault_tools import (
+    assert_delivered_exactly_once,
+    prefect_api_url,  # noqa: F401 - fixture
+)
 from oracle import expected_billing, expected_in_kaseyaone
-from sandbox_env import sends_per_key, sends_per_partner_date, stored
+from sandbox_env import child_env, output, sends_per_key, sends_per_partner_date, stored
 
 from bullphish_billing import lease
 from bullphish_billing.dates import today_utc
@@ -188,3 +192,36 @@ def test_a_partner_date_another_run_keeps_is_left_to_it_with_a_message(configure
             "p_0009": "delivered",
         }
         assert again.exit_code == 0
+
+
+def test_two_processes_billing_one_date_at_once_take_turns_and_deliver_it_once(
+    tmp_path,
+    prefect_api_url,  # noqa: F811
+):
+    """Two `bullphish-billing run` of one date started together, in two processes: DuckDB
+    lets one process hold the warehouse at a time, so their stages take turns on it (each
+    waits while the other holds the file) and the partner-date leases keep the later run off
+    the earlier one's partner-dates. Neither ends on a locked warehouse; the date is billed
+    once."""
+    warehouse = tmp_path / "warehouse.duckdb"
+    with RunningSandbox(CONFIG) as sandbox:
+        env = child_env(sandbox, warehouse, prefect_api_url)
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "bullphish_billing", "run", "--date", DAY.isoformat()],
+                env=env,
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        results = []
+        for run in runs:
+            stdout, stderr = run.communicate(timeout=300)
+            results.append(subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr))
+        for result in results:
+            assert result.returncode in (0, 1), output(result)  # 1: the sandbox's held partners
+            assert "locked by another process (" not in result.stderr
+        assert_delivered_exactly_once(sandbox, warehouse, DAY)

@@ -116,9 +116,10 @@ def test_a_warehouse_locked_by_another_process_ends_the_run_in_one_line(
     try:
         assert holder.stdout.readline().strip() == "held"
         with RunningSandbox(SMALL) as sandbox:
-            env = child_env(sandbox, warehouse, prefect_api_url)
+            env = child_env(sandbox, warehouse, prefect_api_url, BILLING_WAREHOUSE_LOCK_WAIT_S="1")
             result = run_cli(["run", "--date", DAY.isoformat()], env, tmp_path)
             assert_one_line(result, "locked")
+            assert "waited 1 s" in result.stderr
             assert no_usage_posted(sandbox)
     finally:
         holder.stdin.close()
@@ -126,6 +127,36 @@ def test_a_warehouse_locked_by_another_process_ends_the_run_in_one_line(
     with duckdb.connect(str(warehouse), read_only=True) as con:
         tables = con.execute("SELECT count(*) FROM duckdb_tables()").fetchall()[0][0]
     assert tables == 0  # the run wrote nothing at all
+
+
+def test_a_run_waits_for_a_warehouse_another_process_holds_for_a_while(
+    tmp_path,
+    prefect_api_url,  # noqa: F811
+):
+    """Another process (another run's stage, a short DuckDB session) holds the file: the run
+    waits for it, says so, and then bills as usual."""
+    warehouse = tmp_path / "warehouse.duckdb"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+            "time.sleep(4); c.close()",
+            str(warehouse),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with RunningSandbox(SMALL) as sandbox:
+            env = child_env(sandbox, warehouse, prefect_api_url)
+            result = run_cli(["run", "--date", DAY.isoformat()], env, tmp_path)
+            assert result.returncode in (0, 1), output(result)  # 1: the sandbox's held partners
+            assert "is locked by another process: waiting up to 120 s" in result.stderr
+            assert_delivered_exactly_once(sandbox, warehouse, DAY)
+    finally:
+        holder.wait(timeout=30)
 
 
 # ----------------------------------------------------------------------------- read-only

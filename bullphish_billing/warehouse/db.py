@@ -1,13 +1,18 @@
 """Opening the warehouse: one short-lived read-write connection per stage.
 
 DuckDB lets one process hold a file read-write; a second writer (another run, an analyst's
-read-write CLI) makes `connect` fail. That failure becomes a one-line `WarehouseError`, and
-so does a write that the storage refuses while the connection is open (a full disk, a file
-system turned read-only): DuckDB rolls the transaction back, so nothing half-written stays.
+read-write CLI) makes `connect` fail. Runs in two processes (a backfill from the command line
+while a deployment runs the daily flow) take turns on the file, stage by stage, so opening it
+waits while another process holds it, up to `lock_wait_s` (BILLING_WAREHOUSE_LOCK_WAIT_S).
+A file still locked after that becomes a one-line `WarehouseError`, and so does a write that
+the storage refuses while the connection is open (a full disk, a file system turned
+read-only): DuckDB rolls the transaction back, so nothing half-written stays.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +21,8 @@ from typing import Any
 import duckdb
 
 from bullphish_billing.warehouse.schema import SchemaVersionError, migrate
+
+log = logging.getLogger(__name__)
 
 
 class WarehouseError(Exception):
@@ -57,19 +64,47 @@ queries over a large day hold gigabytes; past this limit DuckDB evicts cached bl
 spills to a temporary directory beside the warehouse instead."""
 
 
+def _locked(exc: duckdb.IOException) -> bool:
+    return "lock" in str(exc).lower()
+
+
+def _connect(path: Path, lock_wait_s: float) -> duckdb.DuckDBPyConnection:
+    """Connect, trying again while another process holds the file, for up to `lock_wait_s`."""
+    deadline = time.monotonic() + lock_wait_s
+    pause = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), config={"memory_limit": MEMORY_LIMIT})
+        except duckdb.IOException as exc:
+            remaining = deadline - time.monotonic()
+            if not _locked(exc) or remaining <= 0:
+                raise
+            if pause == 0.05:
+                log.warning(
+                    "the warehouse %s is locked by another process: waiting up to %.0f s",
+                    path,
+                    lock_wait_s,
+                )
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 1.0)
+
+
 @contextmanager
-def open_warehouse(path: Path | str) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-write connection to the warehouse, schema applied, closed on exit."""
+def open_warehouse(
+    path: Path | str, *, lock_wait_s: float = 0.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection to the warehouse, schema applied, closed on exit. While another
+    process holds the file, wait for it up to `lock_wait_s` seconds."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(path), config={"memory_limit": MEMORY_LIMIT})
+        con = _connect(path, lock_wait_s)
     except duckdb.IOException as exc:
-        text = str(exc)
-        if "lock" in text.lower():
+        if _locked(exc):
+            waited = f" (waited {lock_wait_s:.0f} s)" if lock_wait_s else ""
             raise WarehouseError(
-                f"the warehouse {path} is locked by another process (another run, or a "
-                "DuckDB session open on it, even read-only): close it or wait"
+                f"the warehouse {path} is locked by another process{waited} (another run, or "
+                "a DuckDB session open on it, even read-only): close it or wait"
             ) from None
         raise WarehouseError(f"cannot open the warehouse {path}: {_one_line(exc)}") from None
     except (OSError, duckdb.Error) as exc:
