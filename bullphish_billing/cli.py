@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Configuration comes from the environment or a .env file: BULLPHISH_API_URL, "
         "BULLPHISH_API_TOKEN, KASEYAONE_API_URL, KASEYAONE_CLIENT_ID, KASEYAONE_CLIENT_SECRET, "
         "BILLING_WAREHOUSE (default data/warehouse.duckdb), BILLING_HOLD_THRESHOLD "
-        "(default 0.01). Exit codes: 0 all delivered, 1 something held/rejected/failed, "
+        "(default 0.01), BILLING_WAREHOUSE_LOCK_WAIT_S (default 120: seconds a stage waits "
+        "while another process holds the warehouse); see the README for the rest. "
+        "Exit codes: 0 all delivered, 1 something held/rejected/failed, "
         "2 usage or configuration error.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -40,11 +40,11 @@ What the lease does not change: DuckDB's own lock on the file. Two runs in one p
 dates of a backfill) share the database and work side by side; the leases keep them off each
 other's rows, which would otherwise conflict ("Conflict on update", measured). Across
 processes the stages' short connections let two runs take turns on the file, and the lease
-keeps the later run of a partner-date waiting without opening the file; but a stage that
-opens the file at the very moment the other process has it open ends with the one-line
-"locked by another process" WarehouseError (measured: two `bullphish-billing run` of one date
-started together ended with exit 1 and exit 2, nothing delivered twice). For such runs always
-to wait, opening the warehouse would have to retry for a while when the file is locked.
+keeps the later run of a partner-date waiting without opening the file; a stage that opens
+the file while the other process has it open waits for it (`open_warehouse`'s `lock_wait_s`,
+BILLING_WAREHOUSE_LOCK_WAIT_S), and only past that ends with the one-line "locked by another
+process" WarehouseError (before that wait, two `bullphish-billing run` of one date started
+together could end with exit 1 and exit 2; nothing was delivered twice either way).
 """
 
 from __future__ import annotations
