@@ -71,7 +71,7 @@ def _locked(exc: duckdb.IOException) -> bool:
 def _connect(path: Path, lock_wait_s: float) -> duckdb.DuckDBPyConnection:
     """Connect, trying again while another process holds the file, for up to `lock_wait_s`."""
     deadline = time.monotonic() + lock_wait_s
-    pause = 0.05
+    pause, warned = 0.05, False
     while True:
         try:
             return duckdb.connect(str(path), config={"memory_limit": MEMORY_LIMIT})
@@ -79,7 +79,8 @@ def _connect(path: Path, lock_wait_s: float) -> duckdb.DuckDBPyConnection:
             remaining = deadline - time.monotonic()
             if not _locked(exc) or remaining <= 0:
                 raise
-            if pause == 0.05:
+            if not warned:
+                warned = True
                 log.warning(
                     "the warehouse %s is locked by another process: waiting up to %.0f s",
                     path,
