@@ -10,6 +10,7 @@ whose extract fails is never written, so its previous snapshot stays as it was.
 from __future__ import annotations
 
 import datetime as dt
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import duckdb
@@ -17,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from bullphish_billing.validation import ValidatedBatch
+from bullphish_billing.warehouse.db import transaction
 
 _RAW_TABLES = {"organization": "raw.organizations", "target": "raw.targets"}
 
@@ -52,9 +54,7 @@ def write_snapshots(
     there is nothing to delete. Uses its own cursor, so it may run in a worker thread."""
     if not snapshots:
         return
-    cur = con.cursor()
-    try:
-        cur.execute("BEGIN TRANSACTION")
+    with closing(con.cursor()) as cur, transaction(cur):
         replaced = sorted({s.partner_id for s in snapshots} & set(replacing))
         if replaced:
             for table in ("raw.organizations", "raw.targets", "ops.extractions"):
@@ -85,12 +85,6 @@ def write_snapshots(
             "now(), ? FROM extracted",
             [usage_date, run_id],
         )
-        cur.execute("COMMIT")
-    except BaseException:
-        cur.execute("ROLLBACK")
-        raise
-    finally:
-        cur.close()
 
 
 def _append(
@@ -108,20 +102,27 @@ def _append(
         if b.rows.num_rows
     ]
     if rows:
-        good = pa.concat_tables(rows)
-        cols = ", ".join(good.column_names)
-        cur.register("good_rows", good)
-        cur.execute(
-            f"INSERT INTO {_RAW_TABLES[entity]} (usage_date, {cols}, run_id) "
-            f"SELECT ?, {cols}, ? FROM good_rows",
-            [usage_date, run_id],
-        )
-        cur.unregister("good_rows")
+        _insert_rows(cur, _RAW_TABLES[entity], usage_date, pa.concat_tables(rows), run_id)
     bad = [b.bad.assign(partner_id=p) for p, b in batches if len(b.bad)]
     if bad:
         insert_quarantine(
             cur, pd.concat(bad, ignore_index=True), usage_date, None, entity, "record", run_id
         )
+
+
+def _insert_rows(
+    cur: duckdb.DuckDBPyConnection, table: str, usage_date: dt.date, rows: pa.Table, run_id: str
+) -> None:
+    """Append validated rows (columns named as in `table`) to a raw table, in one statement."""
+    if not rows.num_rows:
+        return
+    cols = ", ".join(rows.column_names)
+    cur.register("validated_rows", rows)
+    cur.execute(
+        f"INSERT INTO {table} (usage_date, {cols}, run_id) SELECT ?, {cols}, ? FROM validated_rows",
+        [usage_date, run_id],
+    )
+    cur.unregister("validated_rows")
 
 
 def extracted_partners(con: duckdb.DuckDBPyConnection, usage_date: dt.date) -> set[str]:
@@ -166,26 +167,10 @@ def replace_partners(
     con: duckdb.DuckDBPyConnection, usage_date: dt.date, batch: ValidatedBatch, run_id: str
 ) -> None:
     """Replace the partner list of a usage date (and its partner quarantine) in one go."""
-    with_cursor = con.cursor()
-    try:
-        with_cursor.execute("BEGIN TRANSACTION")
-        with_cursor.execute("DELETE FROM raw.partners WHERE usage_date = ?", [usage_date])
-        with_cursor.execute(
+    with closing(con.cursor()) as cur, transaction(cur):
+        cur.execute("DELETE FROM raw.partners WHERE usage_date = ?", [usage_date])
+        cur.execute(
             "DELETE FROM ops.quarantine WHERE usage_date = ? AND entity = 'partner'", [usage_date]
         )
-        good = batch.rows
-        if good.num_rows:
-            cols = ", ".join(good.column_names)
-            with_cursor.register("good_batch", good)
-            with_cursor.execute(
-                f"INSERT INTO raw.partners (usage_date, {cols}, run_id) "
-                f"SELECT ?, {cols}, ? FROM good_batch",
-                [usage_date, run_id],
-            )
-        insert_quarantine(with_cursor, batch.bad, usage_date, None, "partner", "record", run_id)
-        with_cursor.execute("COMMIT")
-    except BaseException:
-        with_cursor.execute("ROLLBACK")
-        raise
-    finally:
-        with_cursor.close()
+        _insert_rows(cur, "raw.partners", usage_date, batch.rows, run_id)
+        insert_quarantine(cur, batch.bad, usage_date, None, "partner", "record", run_id)
