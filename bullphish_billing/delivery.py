@@ -4,12 +4,13 @@ The protocol (DESIGN.md rules 8-9):
 1. `plan` compares each partner-date's metrics with what KaseyaOne last acknowledged
    (`ops.acknowledged_metrics`) and writes the difference, in batches of at most 1000, to
    `ops.outbox` as *pending*, BEFORE anything is sent. Unchanged numbers plan nothing.
-2. `send_pending` sends every pending batch (oldest first) and records the answers in the
-   same transaction that marks their batches acknowledged: once every batch has been sent (or
-   the stage stops), all answers in one transaction (one per answer cost 6-7 ms each, most of
-   the stage). A crash before the answers are recorded leaves their batches pending; the next
-   run sends them again with the same keys, which KaseyaOne answers as replays: one bill, not
-   two.
+2. `send_pending` sends every pending batch (oldest first) and records the answers, with
+   the batches they acknowledge, in one transaction once every batch has been sent (or the
+   stage stops). A crash before that leaves their batches pending; the next run sends them
+   again with the same keys, which KaseyaOne answers as replays: one bill, not two.
+3. An answer that breaks the contract (its accepted + rejected is not the batch size, say)
+   acknowledges nothing: the partner-date fails, and the batch stays pending, to be sent
+   again under the same key until KaseyaOne's answer accounts for every metric.
 
 The Idempotency-Key is derived from the batch content and the key of the partner-date's last
 settled batch, so a repeat of the same change gets the same key, while a later change back to
@@ -30,7 +31,12 @@ import orjson
 import pyarrow as pa
 
 from bullphish_billing import lease
-from bullphish_billing.clients import ApiError, FinalApiError, KaseyaOneClient
+from bullphish_billing.clients import (
+    ApiError,
+    ContractViolationError,
+    FinalApiError,
+    KaseyaOneClient,
+)
 from bullphish_billing.crashpoints import crashpoint
 from bullphish_billing.warehouse.db import fetch_all, transaction
 
@@ -244,6 +250,14 @@ async def send_pending(
             _mark_attempt(con, key)
             try:
                 result = await client.report_usage(payload, key)
+            except ContractViolationError as exc:
+                # KaseyaOne's answer does not say what it holds (it does not add up, or is
+                # unreadable): not acknowledged. The batch stays pending and the next run
+                # sends it again under the same key, which KaseyaOne answers as a replay.
+                _record_transient(con, key, exc)
+                report.errors[group] = str(exc)
+                report.pending[group] += len(batches) - position
+                return
             except FinalApiError as exc:
                 _record_failure(con, key, exc)
                 report.errors[group] = str(exc)

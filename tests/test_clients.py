@@ -665,6 +665,23 @@ async def test_a_usage_result_that_breaks_the_contract_is_final() -> None:
                 await client.report_usage(BATCH, "key-3")
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"accepted": 1, "rejected": [], "replayed": False},  # one metric unaccounted for
+        {"accepted": 0, "rejected": [], "replayed": False},
+        {"accepted": 2, "rejected": [{"index": 0, "reason": "x"}], "replayed": False},
+    ],
+    ids=["fewer", "none", "more"],
+)
+async def test_a_usage_result_must_account_for_every_metric_of_the_batch(answer) -> None:
+    fake = FakeKaseyaOne(usage_failures=[json_response(answer)])
+    with serve(fake.handle) as url:
+        async with kaseyaone(url) as client:
+            with pytest.raises(ContractViolationError, match="batch of 2"):
+                await client.report_usage(BATCH, "key-3")
+
+
 @pytest.mark.parametrize("key", ["", "x" * 256, "has space", "naïve"])
 async def test_an_invalid_idempotency_key_is_refused_before_sending(key: str) -> None:
     client = kaseyaone("http://127.0.0.1:9")

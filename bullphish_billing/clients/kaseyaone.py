@@ -200,8 +200,9 @@ class KaseyaOneClient:
 
     def _usage_result(self, status: int, body: Any, size: int | None = None) -> UsageResult:
         """The answer, checked: a rejection that names no metric of the batch (an index out of
-        range, or one index twice) cannot be recorded against a metric, so it breaks the
-        contract rather than being dropped."""
+        range, or one index twice) cannot be recorded against a metric, and an answer whose
+        accepted + rejected is not the batch size cannot say what KaseyaOne holds; both break
+        the contract rather than being taken as delivered."""
 
         def violation(what: str) -> ContractViolationError:
             return self._session.contract_error(what, "POST", USAGE_PATH, status)
@@ -227,6 +228,13 @@ class KaseyaOneClient:
             raise violation(f"usage result rejects a metric index beyond the batch of {size}")
         if len(set(indices)) != len(indices):
             raise violation("usage result rejects the same metric index twice")
+        if size is not None and accepted + len(pairs) != size:
+            # an answer that does not account for every metric cannot say which ones
+            # KaseyaOne holds: taking it as delivered would leave usage unbilled
+            raise violation(
+                f"usage result accounts for {accepted} accepted + {len(pairs)} rejected "
+                f"metric(s) of a batch of {size}"
+            )
         return UsageResult(accepted=accepted, rejected=pairs, replayed=replayed, status=status)
 
     async def list_stored_usage(self, partner_id: str, usage_date: date) -> list[dict[str, Any]]:
