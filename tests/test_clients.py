@@ -8,11 +8,13 @@ produce on demand what the sandbox cannot: a hanging response, an exact Retry-Af
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import pickle
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,11 +37,14 @@ from bullphish_billing.clients import (
     ContractViolationError,
     FinalApiError,
     KaseyaOneClient,
+    LimitExceededError,
+    ListBudget,
     Page,
     RetriesExhaustedError,
     RetryPolicy,
     UsageResult,
 )
+from bullphish_billing.clients.pages import follow_cursor
 
 AS_OF = date(2024, 5, 1)
 TOKEN = "bp-token-9f8e7d6c5b4a"
@@ -790,3 +795,67 @@ async def test_a_record_that_is_not_an_object_is_passed_on_for_quarantine() -> N
         async with bullphish(url) as client:
             pages = await collect(client.iter_partners(AS_OF))
     assert [r for p in pages for r in p.records] == ["p_1", {"id": "p_2"}]
+
+
+# --------------------------------------------------------- bounds on what a server sends
+async def test_a_body_that_inflates_past_the_bound_is_given_up_unread() -> None:
+    """A gzip body of 8 KiB that inflates to 8 MiB, against a bound of 1 MiB: final at once
+    (no retry), and the client never holds the whole of it."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = deflate.compress(bytes(8 << 20)) + deflate.flush()
+    calls = []
+
+    async def handle(request: Request) -> Response:
+        calls.append(request.url.path)
+        return Response(bomb, headers={"Content-Type": "application/json",
+                                       "Content-Encoding": "gzip"})  # fmt: skip
+
+    with serve(handle) as url:
+        async with BullPhishClient(url, "token", retry=FAST, max_body_bytes=1 << 20) as client:
+            with pytest.raises(LimitExceededError, match="larger than 1 MiB") as info:
+                await anext(client.iter_partners(date(2024, 5, 1)))
+    assert info.value.status == 200 and len(calls) == 1
+
+
+def endless(make: Callable[[int], list[Any]], delay_s: float = 0.0):
+    async def fetch(cursor: str | None) -> Any:
+        n = 0 if cursor is None else int(cursor)
+        await asyncio.sleep(delay_s)
+        return {"data": make(n), "next_cursor": str(n + 1)}
+
+    return fetch
+
+
+@pytest.mark.parametrize(
+    ("make", "budget", "pages", "reason"),
+    [
+        (lambda n: [], ListBudget(max_empty_pages=5), 6, "more than 5 empty pages in a row"),
+        (lambda n: [{}] * 10, ListBudget(spare_pages=3), 14, "more than 3 pages beyond"),
+        (lambda n: [{}] * 1000, ListBudget(max_records=2500), 3, "more than 2500 records"),
+        (lambda n: [{}] * 100, ListBudget(spare_pages=0), None, None),  # a tenth full: fine
+    ],
+    ids=["empty", "sparse", "long", "a-tenth-full"],
+)
+async def test_a_list_is_given_up_past_its_budget(make, budget, pages, reason) -> None:
+    seen = 0
+    chain = follow_cursor(endless(make), api="x", method="GET", path="/l", budget=budget)
+    with pytest.raises(LimitExceededError) if reason else contextlib.nullcontext() as info:
+        async for _ in chain:
+            seen += 1
+            if seen == 50 and reason is None:
+                break
+    if reason:
+        assert reason in str(info.value) and seen == pages - 1, (str(info.value), seen)
+
+
+async def test_a_list_is_given_up_at_its_deadline_and_half_the_run_time_left() -> None:
+    budget = ListBudget(deadline_s=0.3)
+    chain = follow_cursor(endless(lambda n: [{}], 0.05), api="x", method="GET", path="/l",
+                          budget=budget)  # fmt: skip
+    started = time.monotonic()
+    with pytest.raises(LimitExceededError, match="not read to its end within 0.3 s"):
+        async for _ in chain:
+            pass
+    assert time.monotonic() - started < 5
+    soon = ListBudget(deadline_s=300, run_deadline=time.monotonic() + 10)
+    assert 4 < soon.list_deadline() - time.monotonic() <= 5

@@ -6,9 +6,15 @@ under one `RetryPolicy` and raise one exception hierarchy rooted at `ApiError`.
 """
 
 from .bullphish import BullPhishClient
-from .errors import ApiError, ContractViolationError, FinalApiError, RetriesExhaustedError
+from .errors import (
+    ApiError,
+    ContractViolationError,
+    FinalApiError,
+    LimitExceededError,
+    RetriesExhaustedError,
+)
 from .kaseyaone import KaseyaOneClient, UsageResult
-from .pages import Page
+from .pages import ListBudget, Page
 from .retry import RetryPolicy
 
 __all__ = [
@@ -17,6 +23,8 @@ __all__ = [
     "ContractViolationError",
     "FinalApiError",
     "KaseyaOneClient",
+    "LimitExceededError",
+    "ListBudget",
     "Page",
     "RetriesExhaustedError",
     "RetryPolicy",

@@ -10,12 +10,15 @@ from urllib.parse import quote
 from pydantic import SecretStr
 
 from .arrow_pages import ArrowPageDecoder
-from .pages import Page
+from .pages import ListBudget, Page
 from .retry import RetryPolicy
-from .session import ApiSession, redactor
+from .session import MAX_BODY_BYTES, ApiSession, redactor
 
 API = "bullphish"
 MAX_PAGE_LIMIT = 1000
+MAX_PARTNERS = 100_000
+"""The partner list is held as decoded objects until it ends (a partner's organizations and
+targets are validated into compact columns page by page): a bound of its own."""
 
 
 class _StaticBearer:
@@ -46,6 +49,8 @@ class BullPhishClient:
         page_limit: int = MAX_PAGE_LIMIT,
         max_connections: int = 8,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, safe to share
+        max_body_bytes: int = MAX_BODY_BYTES,
+        list_budget: ListBudget = ListBudget(),  # noqa: B008 - frozen, safe to share
     ) -> None:
         if not 1 <= page_limit <= MAX_PAGE_LIMIT:
             raise ValueError(f"page_limit must be 1..{MAX_PAGE_LIMIT}")
@@ -60,6 +65,8 @@ class BullPhishClient:
             max_connections=max_connections,
             retry=retry,
             redact=redactor(self._token.get_secret_value),
+            max_body_bytes=max_body_bytes,
+            list_budget=list_budget,
         )
 
     def __repr__(self) -> str:
@@ -83,7 +90,7 @@ class BullPhishClient:
 
     def iter_partners(self, as_of: date) -> AsyncIterator[Page]:
         """GET /v1/partners, every page."""
-        return self._list("/v1/partners", as_of)
+        return self._list("/v1/partners", as_of, max_records=MAX_PARTNERS)
 
     def iter_organizations(self, partner_id: str, as_of: date) -> AsyncIterator[Page]:
         """GET /v1/partners/{partner_id}/organizations (sub-organizations included)."""
@@ -97,12 +104,16 @@ class BullPhishClient:
         return self._list(f"/v1/partners/{_segment(partner_id)}/targets", as_of, arrow)
 
     def _list(
-        self, path: str, as_of: date, arrow: ArrowPageDecoder | None = None
+        self,
+        path: str,
+        as_of: date,
+        arrow: ArrowPageDecoder | None = None,
+        max_records: int | None = None,
     ) -> AsyncIterator[Page]:
         if not isinstance(as_of, date) or isinstance(as_of, datetime):
             raise TypeError("as_of must be a datetime.date (a UTC day)")
         params = {"as_of": as_of.isoformat(), "limit": self.page_limit}
-        return self._session.pages(path, params, self._auth, arrow=arrow)
+        return self._session.pages(path, params, self._auth, arrow=arrow, max_records=max_records)
 
 
 def _segment(value: str) -> str:

@@ -72,6 +72,12 @@ class ContractViolationError(FinalApiError):
     a cursor that repeats, an unexpected status, ...)."""
 
 
+class LimitExceededError(ContractViolationError):
+    """A response or a list went past a bound the settings set where the contract sets none
+    (a body that inflates beyond any page, a list that never ends): what it would take to
+    read on is not spent, and repeating the request would not help."""
+
+
 class RetriesExhaustedError(ApiError):
     """Transient failures (5xx, 429, timeouts, connection errors) until the attempts or the
     per-request deadline ran out. `attempts` says how many requests were sent."""

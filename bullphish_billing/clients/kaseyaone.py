@@ -15,12 +15,16 @@ import orjson
 from pydantic import SecretStr
 
 from .errors import ApiError, ContractViolationError
+from .pages import ListBudget
 from .retry import Call, RetryPolicy
-from .session import ApiSession, redactor
+from .session import MAX_BODY_BYTES, ApiSession, redactor
 
 API = "kaseyaone"
 MODULE = "bullphish-id"
 PAGE_LIMIT = 1000
+MAX_LIST_RECORDS = 100_000
+"""KaseyaOne's lists (a partner's organization mappings, its usage of a date: one or a few
+records per organization) are held as decoded objects until they end: a bound of their own."""
 USAGE_PATH = "/v1/billing/usage"
 TOKEN_PATH = "/oauth/token"
 
@@ -140,6 +144,8 @@ class KaseyaOneClient:
         *,
         max_connections: int = 4,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, safe to share
+        max_body_bytes: int = MAX_BODY_BYTES,
+        list_budget: ListBudget = ListBudget(),  # noqa: B008 - frozen, safe to share
     ) -> None:
         secret = client_secret if isinstance(client_secret, SecretStr) else SecretStr(client_secret)
         if not client_id or not secret.get_secret_value():
@@ -151,6 +157,8 @@ class KaseyaOneClient:
             max_connections=max_connections,
             retry=retry,
             redact=redactor(secret.get_secret_value, lambda: self._auth.current()),
+            max_body_bytes=max_body_bytes,
+            list_budget=list_budget,
         )
         self._auth = _ClientCredentials(self._session, client_id, secret)
 
@@ -249,12 +257,15 @@ class KaseyaOneClient:
         }
         return await self._collect(USAGE_PATH, params)
 
-    async def list_organization_mappings(self, partner_id: str) -> list[dict[str, Any]]:
-        """GET /v1/partners/{partner_id}/organization-mappings: the partner's PSA mappings."""
+    async def list_organization_mappings(
+        self, partner_id: str, *, max_records: int = MAX_LIST_RECORDS
+    ) -> list[dict[str, Any]]:
+        """GET /v1/partners/{partner_id}/organization-mappings: the partner's PSA mappings
+        (LimitExceededError past `max_records`)."""
         if not partner_id:
             raise ValueError("partner_id is empty")
         path = f"/v1/partners/{quote(partner_id, safe='')}/organization-mappings"
-        return await self._collect(path, {"module": MODULE, "limit": PAGE_LIMIT})
+        return await self._collect(path, {"module": MODULE, "limit": PAGE_LIMIT}, max_records)
 
     async def list_billing_types(self) -> list[dict[str, Any]]:
         """GET /v1/billing/billing-types: the module's billing types (not paginated)."""
@@ -272,9 +283,14 @@ class KaseyaOneClient:
             )
         return data
 
-    async def _collect(self, path: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
+    async def _collect(
+        self, path: str, params: dict[str, str | int], max_records: int = MAX_LIST_RECORDS
+    ) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
-        async for page in self._session.pages(path, params, self._auth):
+        pages = self._session.pages(
+            path, params, self._auth, max_records=min(max_records, MAX_LIST_RECORDS)
+        )
+        async for page in pages:
             records.extend(page.records)
         return records
 

@@ -6,6 +6,8 @@ Rules from the two contracts, kept here and nowhere else:
 - 401 on a bearer request: ask the token source for a fresh token and repeat the request once.
 - Any other 4xx is final. A 2xx whose body is not JSON breaks the contract (final).
 - The per-request deadline bounds the whole logical request, retries and waits included.
+- A body, as inflated, larger than `max_body_bytes` is not read further (final: the same
+  request would get the same body).
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from typing import Any, NamedTuple, Protocol
 import httpx
 import orjson
 
-from .errors import ContractViolationError, FinalApiError, RetriesExhaustedError
+from .errors import (
+    ContractViolationError,
+    FinalApiError,
+    LimitExceededError,
+    RetriesExhaustedError,
+)
 from .pages import decode_json
 
 logger = logging.getLogger("bullphish_billing.clients")
@@ -132,13 +139,16 @@ def _identity(text: str) -> str:
     return text
 
 
-def error_fields(response: httpx.Response, redact: Callable[[str], str]) -> tuple[str | None, str]:
-    """(code, message) from a contract error body `{"error": {"code", "message"}}`, tolerating
-    bodies that do not keep it. The message is redacted and truncated."""
+def error_fields(
+    response: httpx.Response, redact: Callable[[str], str], content: bytes | None = None
+) -> tuple[str | None, str]:
+    """(code, message) from a contract error body `{"error": {"code", "message"}}` (`content`,
+    or else the response's), tolerating bodies that do not keep it. The message is redacted
+    and truncated."""
     code: str | None = None
     message: str | None = None
     try:
-        error = orjson.loads(response.content)["error"]
+        error = orjson.loads(response.content if content is None else content)["error"]
         if isinstance(error.get("code"), str):
             code = error["code"]
         if isinstance(error.get("message"), str):
@@ -153,6 +163,22 @@ def error_fields(response: httpx.Response, redact: Callable[[str], str]) -> tupl
     return code, message
 
 
+async def _read_body(response: httpx.Response, limit: int | None) -> bytes | None:
+    """The response's body, inflated as its Content-Encoding says; None as soon as it passes
+    `limit` bytes (the rest is left unread). httpx inflates one network read at a time, so
+    at most that read's inflation (about 1,000 times it, for gzip) comes on top of `limit`."""
+    if limit is None:
+        return await response.aread()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def send_with_retries(
     http: httpx.AsyncClient,
     call: Call,
@@ -162,6 +188,7 @@ async def send_with_retries(
     slots: asyncio.Semaphore,
     auth: BearerAuth | None = None,
     redact: Callable[[str], str] = _identity,
+    max_body_bytes: int | None = None,
 ) -> JsonResponse:
     """Send `call` until it succeeds, fails finally, or attempts/deadline run out.
 
@@ -218,6 +245,7 @@ async def send_with_retries(
                 path=path,
             ) from None
         response: httpx.Response | None = None
+        content = b""
         async with slots:
             now = loop.time()
             if deadline is None:
@@ -232,9 +260,31 @@ async def send_with_retries(
             attempt += 1
             try:
                 async with asyncio.timeout(remaining):
-                    response = await http.send(request)
+                    streamed = await http.send(request, stream=True)
+                    try:
+                        body = await _read_body(streamed, max_body_bytes)
+                    finally:
+                        await streamed.aclose()
+                if body is None:
+                    raise LimitExceededError(
+                        f"{streamed.status_code} response body larger than "
+                        f"{(max_body_bytes or 0) / 2**20:g} MiB (as inflated): not read further",
+                        api=api,
+                        method=method,
+                        path=path,
+                        status=streamed.status_code,
+                    )
+                response, content = streamed, body
             except TimeoutError:
                 last = _Failure(f"no complete response before the {limit}")
+            except httpx.DecodingError as exc:
+                raise ContractViolationError(
+                    f"response body cannot be decoded as its Content-Encoding says: "
+                    f"{redact(str(exc))}",
+                    api=api,
+                    method=method,
+                    path=path,
+                ) from None
             except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
                 raise FinalApiError(
                     f"request cannot be sent: {type(exc).__name__}: {redact(str(exc))}",
@@ -250,12 +300,10 @@ async def send_with_retries(
             status = response.status_code
             if 200 <= status < 300:
                 if call.raw_body:
-                    return JsonResponse(status, response.content)
-                body = decode_json(
-                    response.content, api=api, method=method, path=path, status=status
-                )
-                return JsonResponse(status, body)
-            code, message = error_fields(response, redact)
+                    return JsonResponse(status, content)
+                decoded = decode_json(content, api=api, method=method, path=path, status=status)
+                return JsonResponse(status, decoded)
+            code, message = error_fields(response, redact, content)
             if (
                 status == 401
                 and auth is not None

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable, Mapping
 
 import httpx
 
 from .arrow_pages import ArrowPageDecoder
 from .errors import ContractViolationError
-from .pages import Page, follow_cursor
+from .pages import ListBudget, Page, follow_cursor
 from .retry import BearerAuth, Call, JsonResponse, RetryPolicy, send_with_retries
 
 USER_AGENT = "bullphish-billing/0.1"
 
 
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
 class ApiSession:
     """One pooled httpx.AsyncClient (HTTP/1.1 keep-alive, at most `max_connections` sockets)
-    plus a semaphore of the same size around every request, the retry policy and the
-    redaction of secrets from server-supplied text."""
+    plus a semaphore of the same size around every request, the retry policy, the redaction
+    of secrets from server-supplied text, and the bounds on what a server may make it hold:
+    `max_body_bytes` per response (as inflated) and `list_budget` per list."""
 
     def __init__(
         self,
@@ -28,6 +33,8 @@ class ApiSession:
         max_connections: int,
         retry: RetryPolicy,
         redact: Callable[[str], str],
+        max_body_bytes: int = MAX_BODY_BYTES,
+        list_budget: ListBudget = ListBudget(),  # noqa: B008 - frozen, safe to share
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
@@ -40,6 +47,8 @@ class ApiSession:
         self.base_url = str(self._url.copy_with(username=None, password=None))
         self.max_connections = max_connections
         self.retry = retry
+        self.max_body_bytes = max_body_bytes
+        self.list_budget = list_budget
         self._redact = redact
         self._slots = asyncio.Semaphore(max_connections)
         self._http: httpx.AsyncClient | None = None
@@ -79,6 +88,7 @@ class ApiSession:
             slots=self._slots,
             auth=auth,
             redact=self._redact,
+            max_body_bytes=self.max_body_bytes,
         )
 
     def pages(
@@ -88,8 +98,10 @@ class ApiSession:
         auth: BearerAuth | None = None,
         *,
         arrow: ArrowPageDecoder | None = None,
+        max_records: int | None = None,
     ) -> AsyncIterator[Page]:
-        """The pages of the cursor-paginated list at `path`, followed to a null cursor; with
+        """The pages of the cursor-paginated list at `path`, followed to a null cursor within
+        the session's list budget (`max_records` lowers its record bound for this list); with
         `arrow`, pages it can read come as Arrow columns (`Page.table`)."""
 
         async def fetch(cursor: str | None) -> object:
@@ -97,7 +109,18 @@ class ApiSession:
             call = Call("GET", path, params=query, raw_body=arrow is not None)
             return (await self.send(call, auth)).body
 
-        return follow_cursor(fetch, api=self.api, method="GET", path=self._path(path), arrow=arrow)
+        budget = self.list_budget
+        if max_records is not None and max_records < budget.max_records:
+            budget = dataclasses.replace(budget, max_records=max_records)
+        return follow_cursor(
+            fetch,
+            api=self.api,
+            method="GET",
+            path=self._path(path),
+            arrow=arrow,
+            budget=budget,
+            page_limit=int(params.get("limit", 1000)),
+        )
 
     def _path(self, path: str) -> str:
         return self._client().build_request("GET", path).url.path
