@@ -1,7 +1,9 @@
 """Extraction: BullPhish ID pages for one usage date, validated and streamed into DuckDB.
 
-Memory is bounded by the batch, not the day: records are gathered up to `BATCH_RECORDS`,
-validated (pandera) and appended to the partner-date's raw snapshot, then let go. Each
+Memory is bounded by the partners in flight, not the day: records are gathered up to
+`BATCH_RECORDS`, validated (pandera) into the partner-date's snapshot as compact columns,
+and the snapshot is written once both lists are read; a list that would hold more than its
+budget allows is given up (the client's `ListBudget`). Each
 partner's two lists (organizations, targets) are cursor chains, sequential by nature; the
 concurrency comes from running partners (and the two lists of a partner) side by side.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -292,19 +294,23 @@ async def extract_partners(
     run_id: str,
     *,
     concurrency: int = 4,
-    on_done: Callable[[ExtractResult], None] | None = None,
+    max_unwritten_records: int = 500_000,
 ) -> dict[str, ExtractResult]:
     """Extract several partner-dates, at most `concurrency` partners read at a time.
 
     One writer stores the complete snapshots: each time it is free it takes every snapshot
     completed meanwhile and writes them in one transaction (`write_snapshots`), so a day of
-    small partners costs a few commits, not one per partner. At most `concurrency` complete
-    snapshots wait for it (readers wait beyond that), which bounds memory.
+    small partners costs a few commits, not one per partner. Memory is bounded by the
+    partners being read (each list bounded by the client's list budget) and the complete
+    snapshots not yet written: at most `max_unwritten_records` records, or one snapshot; a
+    reader whose snapshot does not fit waits, and keeps its place among the `concurrency`.
     """
     gate = asyncio.Semaphore(concurrency)
     results: dict[str, ExtractResult] = {}
     existing = extracted_partners(con, usage_date)
-    complete: asyncio.Queue[Snapshot | None] = asyncio.Queue(maxsize=max(1, concurrency))
+    complete: asyncio.Queue[Snapshot | None] = asyncio.Queue()
+    unwritten = 0  # records of the snapshots handed to the writer and not yet written
+    written = asyncio.Condition()
 
     def finish(result: ExtractResult) -> None:
         results[result.partner_id] = result
@@ -312,10 +318,9 @@ async def extract_partners(
             log.warning(
                 "extract of %s for %s failed: %s", result.partner_id, usage_date, result.error
             )
-        if on_done is not None:
-            on_done(result)
 
     async def write() -> None:
+        nonlocal unwritten
         done = False
         while not done:
             group = [await complete.get()]
@@ -331,16 +336,25 @@ async def extract_partners(
                 )
                 for snapshot in snapshots:
                     finish(_result(snapshot))
+                async with written:
+                    unwritten -= sum(s.size for s in snapshots)
+                    written.notify_all()
 
     validators = {e.name: _Validator(e) for e in (ORGANIZATION, TARGET)}
 
     async def one(partner_id: str) -> None:
+        nonlocal unwritten
         async with gate:
             outcome = await extract_partner(client, usage_date, partner_id, validators)
-        if isinstance(outcome, ExtractResult):
-            finish(outcome)
-        else:
-            await complete.put(outcome)
+            if isinstance(outcome, ExtractResult):
+                finish(outcome)
+                return
+            async with written:
+                await written.wait_for(
+                    lambda: unwritten == 0 or unwritten + outcome.size <= max_unwritten_records
+                )
+                unwritten += outcome.size
+            complete.put_nowait(outcome)
 
     writer = asyncio.create_task(write())
     readers = asyncio.ensure_future(asyncio.gather(*(one(p) for p in partner_ids)))
@@ -350,7 +364,7 @@ async def extract_partners(
         if writer.done():  # before the end of the readers: only by failing
             writer.result()
         await readers
-        await complete.put(None)
+        complete.put_nowait(None)
         await writer
     finally:
         for task in (readers, writer):

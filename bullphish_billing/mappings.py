@@ -1,7 +1,7 @@
 """KaseyaOne's organization mappings: which billed organizations the partner's PSA invoices.
 
-Each run fetches the mappings of the partners it delivered, one partner at a time (a Prefect
-task per partner), and stores them in `ops.organization_mappings`, with the fetch itself in
+Each run fetches the mappings of the partners it delivered, a few partners at a time over one
+client (one Prefect task), and stores them in `ops.organization_mappings`, with the fetch itself in
 `ops.mapping_fetches`; `main.unmapped_organizations` compares them with what was billed.
 
 The mappings only inform analysts: a fetch that fails is logged and leaves the partner's
@@ -11,6 +11,7 @@ partner is not linked: that is normal (the partner then has no mappings at all).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ import duckdb
 import pandas as pd
 
 from bullphish_billing.clients import ApiError, FinalApiError, KaseyaOneClient
+from bullphish_billing.clients.kaseyaone import MAX_LIST_RECORDS
 from bullphish_billing.warehouse.db import transaction
 
 LINKED, NOT_LINKED, FAILED = "linked", "not_linked", "failed"
@@ -35,10 +37,39 @@ class MappingFetch:
     error: str | None = None
 
 
-async def fetch(client: KaseyaOneClient, partner_id: str) -> MappingFetch:
+FETCHED_AT_ONCE = 4
+
+
+async def fetch_all(
+    client: KaseyaOneClient, partner_ids: list[str], *, max_mappings: int
+) -> list[MappingFetch]:
+    """Fetch the partners' mappings, FETCHED_AT_ONCE at a time, holding at most about
+    `max_mappings` in all (each fetch may take what is left when it starts; once nothing is
+    left, the remaining partners are `failed` unfetched, and keep their previous mappings)."""
+    gate = asyncio.Semaphore(FETCHED_AT_ONCE)
+    held = 0
+
+    async def one(partner_id: str) -> MappingFetch:
+        nonlocal held
+        async with gate:
+            left = max_mappings - held
+            if left <= 0:
+                return MappingFetch(
+                    partner_id, FAILED, error=f"not fetched: {held} mappings held already"
+                )
+            result = await fetch(client, partner_id, max_records=left)
+            held += len(result.mappings)
+            return result
+
+    return list(await asyncio.gather(*(one(p) for p in partner_ids)))
+
+
+async def fetch(
+    client: KaseyaOneClient, partner_id: str, *, max_records: int = MAX_LIST_RECORDS
+) -> MappingFetch:
     """Fetch one partner's mappings; every API failure becomes a `failed` result."""
     try:
-        records = await client.list_organization_mappings(partner_id)
+        records = await client.list_organization_mappings(partner_id, max_records=max_records)
     except FinalApiError as exc:
         if exc.status == 404:
             return MappingFetch(partner_id, NOT_LINKED)

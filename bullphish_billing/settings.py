@@ -61,6 +61,42 @@ class Settings(BaseSettings):
         "(DuckDB lets one process write the file; two runs take turns, stage by stage) before "
         "the run ends with a one-line error.",
     )
+    list_deadline_s: float = Field(
+        300.0,
+        alias="BILLING_LIST_DEADLINE_S",
+        gt=0,
+        description="Longest time one list (a partner's organizations or targets, or a "
+        "KaseyaOne list) may take to read to its end, and never more than half of what is "
+        "left of the run deadline; past it the partner-date is failed and the others go on.",
+    )
+    list_empty_pages: int = Field(
+        20,
+        alias="BILLING_LIST_EMPTY_PAGES",
+        ge=0,
+        description="Empty pages in a row a list may serve while its cursor goes on.",
+    )
+    list_spare_pages: int = Field(
+        200,
+        alias="BILLING_LIST_SPARE_PAGES",
+        ge=0,
+        description="Pages a list may serve beyond those its records justify (one per tenth "
+        "of a full page of records).",
+    )
+    max_list_records: int = Field(
+        500_000,
+        alias="BILLING_MAX_LIST_RECORDS",
+        ge=1,
+        description="Most records one list of a partner may hold (bad ones included); they "
+        "are kept in memory until the list ends, so this bounds the run's memory.",
+    )
+    max_response_mb: float = Field(
+        32.0,
+        alias="BILLING_MAX_RESPONSE_MB",
+        gt=0,
+        le=1024,
+        description="Largest response body, as inflated (gzip), in MiB; a larger one fails "
+        "its partner-date unread.",
+    )
     # time.monotonic() when these settings were loaded: the run's clock. A private attribute,
     # so no environment variable can set it; Prefect keeps it when it hands the settings to
     # the run's tasks (in this process: the clock means nothing in another one).

@@ -17,6 +17,7 @@ from bullphish_billing.clients import (
     BullPhishClient,
     FinalApiError,
     KaseyaOneClient,
+    ListBudget,
     RetryPolicy,
 )
 from bullphish_billing.crashpoints import crashpoint
@@ -37,7 +38,22 @@ def bullphish_client(settings: Settings) -> BullPhishClient:
         page_limit=settings.page_limit,
         max_connections=settings.max_connections,
         retry=_retry(settings),
+        **_bounds(settings),
     )
+
+
+def _bounds(settings: Settings) -> dict:
+    """What a server may make a client hold or spend: per response, per list."""
+    return {
+        "max_body_bytes": int(settings.max_response_mb * 1024 * 1024),
+        "list_budget": ListBudget(
+            max_records=settings.max_list_records,
+            max_empty_pages=settings.list_empty_pages,
+            spare_pages=settings.list_spare_pages,
+            deadline_s=settings.list_deadline_s,
+            run_deadline=settings.run_deadline(),
+        ),
+    }
 
 
 def _retry(settings: Settings) -> RetryPolicy:
@@ -57,6 +73,7 @@ def kaseyaone_client(settings: Settings) -> KaseyaOneClient:
         str(settings.kaseyaone_client_id),
         settings.kaseyaone_client_secret,  # type: ignore[arg-type]
         retry=_retry(settings),
+        **_bounds(settings),
     )
 
 
@@ -132,6 +149,7 @@ def extract(
                     partner_ids,
                     run_id,
                     concurrency=max(1, settings.max_connections // 2),
+                    max_unwritten_records=settings.max_list_records,
                 )
 
     if not partner_ids:
@@ -216,13 +234,16 @@ def check_kaseyaone(settings: Settings) -> None:
 
 
 def fetch_mappings(settings: Settings, partner_ids: list[str]) -> list[mappings.MappingFetch]:
-    """The partners' organization mappings from KaseyaOne, side by side over one client and
-    one token (a 404 means not linked: normal). A partner whose fetch failed is returned as a
-    `failed` fetch, so that its previous mappings stay."""
+    """The partners' organization mappings from KaseyaOne, a few side by side over one client
+    and one token (a 404 means not linked: normal), holding at most BILLING_MAX_LIST_RECORDS
+    mappings in all. A partner whose fetch failed is returned as a `failed` fetch, so that its
+    previous mappings stay."""
 
     async def fetch_all() -> list[mappings.MappingFetch]:
         async with kaseyaone_client(settings) as client:
-            return list(await asyncio.gather(*(mappings.fetch(client, p) for p in partner_ids)))
+            return await mappings.fetch_all(
+                client, partner_ids, max_mappings=settings.max_list_records
+            )
 
     return asyncio.run(fetch_all()) if partner_ids else []
 

@@ -58,6 +58,13 @@ def relayed(answer: httpx.Response) -> Reply:
     return Reply(answer.status_code, answer.content, headers)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that hangs up on a body it will not read (a bomb) is no error here."""
+
+
 class Relay:
     """`with Relay(upstream, respond) as relay:` serves on `relay.url` until the block ends."""
 
@@ -108,8 +115,7 @@ class Relay:
 
             do_GET = do_POST = _any
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

@@ -35,6 +35,11 @@ class Snapshot:
     received: dict[str, int] = field(default_factory=lambda: {entity: 0 for entity in _RAW_TABLES})
     pages: int = 0
 
+    @property
+    def size(self) -> int:
+        """The records received, bad ones included."""
+        return sum(self.received.values())
+
     def add(self, entity: str, batch: ValidatedBatch, received: int) -> None:
         """One validated batch of `received` records of `entity`."""
         self.batches[entity].append(batch)
