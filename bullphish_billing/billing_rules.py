@@ -1,4 +1,4 @@
-"""The billing rules of DESIGN.md, in DuckDB SQL, in one place.
+"""The billing rules of docs/billing-rules.md, in DuckDB SQL, in one place.
 
 - Rule 1 (which partners are billed): `decide_partners`.
 - Rules 6-7 set-level (duplicates, unknown organizations, held organizations, the hold

@@ -1,7 +1,8 @@
 """The `bullphish-billing` command: run, backfill, sandbox, demo.
 
-Exit codes (DESIGN.md): 0 everything billable delivered (or the dry run done); 1 finished, but
-something was held, rejected or failed; 2 usage or configuration error, one line, no traceback.
+Exit codes (docs/billing-rules.md): 0 everything billable delivered (or the dry run done);
+1 finished, but something was held, rejected or failed; 2 usage or configuration error, one
+line, no traceback.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Delivery to KaseyaOne: the outbox, Idempotency-Keys, and recording the answers.
 
-The protocol (DESIGN.md rules 8-9):
+The protocol (docs/billing-rules.md rules 8-9):
 1. `plan` compares each partner-date's metrics with what KaseyaOne last acknowledged
    (`ops.acknowledged_metrics`) and writes the difference, in batches of at most 1000, to
    `ops.outbox` as *pending*, BEFORE anything is sent. Unchanged numbers plan nothing.

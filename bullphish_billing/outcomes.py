@@ -13,7 +13,7 @@ from bullphish_billing.delivery import DeliveryReport
 from bullphish_billing.extract import ExtractResult
 from bullphish_billing.warehouse.db import fetch_value, transaction
 
-# statuses that make the run end with exit code 1 (DESIGN.md: held, rejected or failed)
+# statuses that make the run end with exit code 1 (docs/billing-rules.md: held, rejected or failed)
 PROBLEM_STATUSES = frozenset({"held", "failed", "partial"})
 
 

@@ -1,7 +1,7 @@
 """Configuration from the environment (and an optional `.env` file).
 
-The names are fixed by DESIGN.md. Secrets are held as `SecretStr` so that they never show in a
-repr, a log line or an exception.
+The names are fixed by docs/billing-rules.md. Secrets are held as `SecretStr` so that they
+never show in a repr, a log line or an exception.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Settings(BaseSettings):
         ge=0.0,
         le=1.0,
         description="Share of a partner's records for a date that may be quarantined "
-        "before the whole partner-date is held for review (DESIGN.md rule 7).",
+        "before the whole partner-date is held for review (docs/billing-rules.md rule 7).",
     )
     page_limit: int = Field(1000, alias="BILLING_PAGE_LIMIT", ge=1, le=1000)
     max_connections: int = Field(8, alias="BILLING_MAX_CONNECTIONS", ge=1, le=64)

@@ -14,8 +14,6 @@ import pytest
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bpb-prefect-home-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-CONTRACTS = Path(__file__).resolve().parents[2] / "shared" / "contracts"
-
 
 @pytest.fixture
 def warehouse_path(tmp_path: Path) -> Path:

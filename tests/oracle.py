@@ -2,7 +2,7 @@
 
 Written independently of the pipeline: plain Python over the records the sandbox serves
 (`World`), each record checked against the contract's JSON schema (read from
-../shared/contracts), and DESIGN.md's rules applied one by one. Tests compare the pipeline's
+docs/contracts), and docs/billing-rules.md's rules applied one by one. Tests compare the pipeline's
 deliveries with this, never with the pipeline's own tables.
 """
 
@@ -12,13 +12,12 @@ import datetime as dt
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
+from contracts import CONTRACTS
 from jsonschema import Draft202012Validator
 
-CONTRACTS = Path(__file__).resolve().parents[2] / "shared" / "contracts"
 MODULES = ("training_awareness", "phishing")
 
 

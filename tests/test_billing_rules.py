@@ -1,4 +1,4 @@
-"""Each billing rule of DESIGN.md (1-7) on hand-built data, through the real validation,
+"""Each billing rule of docs/billing-rules.md (1-7) on hand-built data, through the real validation,
 raw snapshots and SQL. Each test breaks if its rule is broken."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A run killed with SIGKILL at each boundary of delivery, then run again: KaseyaOne ends with
 exactly the metrics the sandbox's data implies, nothing applied twice, no 409, and the
-warehouse agrees with KaseyaOne (DESIGN.md rule 9).
+warehouse agrees with KaseyaOne (docs/billing-rules.md rule 9).
 
 The kill is real: `bullphish-billing run` runs in a child process with `BILLING_CRASH_AT`
 naming a crash point (`bullphish_billing/crashpoints.py`), and kills itself there with

@@ -6,7 +6,7 @@ quarantined with a reason, or the partner-date fails with a clear reason.
 The end-to-end property serves generated records over loopback HTTP (a small server that
 serves whatever the example says), through the real client, validation, raw snapshot and
 billing rules, and compares the billed metrics with tests/oracle.py, which applies
-DESIGN.md's rules to the same records independently.
+docs/billing-rules.md's rules to the same records independently.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Contract conformance of the sandbox servers, over real loopback HTTP.
 
-Every exchange is checked with openapi-core against ../shared/contracts: the request is valid
+Every exchange is checked with openapi-core against docs/contracts: the request is valid
 (or, for the error paths that send an invalid request on purpose, invalid), and the response is
 one the contract documents for that operation, body schema included. A few error answers the
 contract does not document (400 on billing-types and organization-mappings) are listed in
@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
 import httpx
 import pytest
 import yaml
+from contracts import CONTRACTS
 from openapi_core import OpenAPI
 from openapi_core.datatypes import RequestParameters
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
 
-CONTRACTS = Path(__file__).resolve().parents[2] / "shared" / "contracts"
 TODAY = dt.date(2025, 11, 25)
 YESTERDAY = TODAY - dt.timedelta(days=1)
 BULLPHISH_TOKEN = {"Authorization": "Bearer sandbox-bullphish-token"}

@@ -1,5 +1,5 @@
 """The sandbox's generated data: deterministic, changing day to day, and exercising every
-billing rule of DESIGN.md with the documented special cases (and no others)."""
+billing rule of docs/billing-rules.md with the documented special cases (and no others)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,16 @@ import datetime as dt
 import json
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import yaml
+from contracts import CONTRACTS
 from openapi_schema_validator import OAS31Validator
 
 from bullphish_billing.sandbox import World
 from bullphish_billing.sandbox.cli_options import add_arguments, config_from_args
 from bullphish_billing.sandbox.config import SandboxConfig
 
-CONTRACTS = Path(__file__).resolve().parents[2] / "shared" / "contracts"
 TODAY = dt.date(2025, 11, 25)
 YESTERDAY = TODAY - dt.timedelta(days=1)
 CONFIG = SandboxConfig(today=TODAY)

@@ -140,8 +140,8 @@ TABLES: tuple[Table, ...] = (
     ),
     Table(
         "ops.quarantine",
-        "Every record that was not counted because it is bad, with the reason (DESIGN.md "
-        "rules 6-7). Records are identified by id (when the id itself is valid) and position.",
+        "Every record that was not counted because it is bad, with the reason "
+        "(docs/billing-rules.md rules 6-7). Records are identified by id (when the id itself is valid) and position.",
         (
             USAGE_DATE,
             _c(
