@@ -204,7 +204,7 @@ class _Validator:
                 batch.validated.set_exception(exc)
                 raise
             for snapshot, part in parts:
-                snapshot.add(self.entity.name, part, 0)
+                snapshot.add(self.entity.name, part)
             batch.validated.set_result(None)
 
         task = asyncio.create_task(validate())

@@ -11,7 +11,7 @@ import pandas as pd
 from bullphish_billing.billing_rules import Evaluation, PartnerDecision
 from bullphish_billing.delivery import DeliveryReport
 from bullphish_billing.extract import ExtractResult
-from bullphish_billing.warehouse.db import fetch_value, transaction
+from bullphish_billing.warehouse.db import transaction
 
 # statuses that make the run end with exit code 1 (docs/billing-rules.md: held, rejected or failed)
 PROBLEM_STATUSES = frozenset({"held", "failed", "partial"})
@@ -154,6 +154,3 @@ def record(con: duckdb.DuckDBPyConnection, summary: RunSummary) -> None:
             [summary.exit_code, summary.run_id],
         )
 
-
-def pending_count(con: duckdb.DuckDBPyConnection) -> int:
-    return int(fetch_value(con, "SELECT count(*) FROM ops.outbox WHERE status = 'pending'") or 0)

@@ -40,10 +40,10 @@ class Snapshot:
         """The records received, bad ones included."""
         return sum(self.received.values())
 
-    def add(self, entity: str, batch: ValidatedBatch, received: int) -> None:
-        """One validated batch of `received` records of `entity`."""
+    def add(self, entity: str, batch: ValidatedBatch) -> None:
+        """One validated batch of `entity` (its records were counted in `received` as they
+        arrived)."""
         self.batches[entity].append(batch)
-        self.received[entity] += received
 
 
 def write_snapshots(
