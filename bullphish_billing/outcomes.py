@@ -153,4 +153,3 @@ def record(con: duckdb.DuckDBPyConnection, summary: RunSummary) -> None:
             "UPDATE ops.runs SET finished_at = now(), exit_code = ? WHERE run_id = ?",
             [summary.exit_code, summary.run_id],
         )
-

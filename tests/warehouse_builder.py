@@ -89,7 +89,7 @@ def load(
             b = validate_records(
                 entity, records, [(0, i) for i in range(len(records))], expected_partner_id=pid
             )
-            snap.add(entity.name, b, len(records))
+            snap.add(entity.name, b, received=len(records))
         snapshots.append(snap)
     write_snapshots(con, day, snapshots, "test-run", replacing=extracted_partners(con, day))
 

@@ -40,10 +40,11 @@ class Snapshot:
         """The records received, bad ones included."""
         return sum(self.received.values())
 
-    def add(self, entity: str, batch: ValidatedBatch) -> None:
-        """One validated batch of `entity` (its records were counted in `received` as they
-        arrived)."""
+    def add(self, entity: str, batch: ValidatedBatch, *, received: int = 0) -> None:
+        """One validated batch of `entity`, and `received` records more (extraction counts
+        them as pages arrive, before validation, and passes none here)."""
         self.batches[entity].append(batch)
+        self.received[entity] += received
 
 
 def write_snapshots(
