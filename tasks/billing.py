@@ -26,6 +26,7 @@ from bullphish_billing.notable import NotableChange
 from bullphish_billing.outcomes import PartnerOutcome
 from bullphish_billing.publish import PublishResult
 from bullphish_billing.settings import ConfigurationError, Settings, load_settings
+from bullphish_billing.text import bounded
 from bullphish_billing.warehouse.db import WarehouseError
 
 
@@ -107,7 +108,7 @@ def fetch_mappings(
     try:
         fetches = stages.fetch_mappings(settings, partner_ids)
     except Exception as exc:  # noqa: BLE001 - informational: never fails the run
-        error = " ".join(str(exc).split())
+        error = bounded(str(exc))
         fetches = [mappings.MappingFetch(p, mappings.FAILED, error=error) for p in partner_ids]
     for fetch in fetches:
         if fetch.status == mappings.FAILED:
