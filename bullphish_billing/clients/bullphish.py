@@ -11,8 +11,9 @@ from pydantic import SecretStr
 
 from .arrow_pages import ArrowPageDecoder
 from .pages import ListBudget, Page
+from .redaction import redactor
 from .retry import RetryPolicy
-from .session import MAX_BODY_BYTES, ApiSession, redactor
+from .session import MAX_BODY_BYTES, ApiSession
 
 API = "bullphish"
 MAX_PAGE_LIMIT = 1000

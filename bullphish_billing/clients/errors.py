@@ -1,13 +1,17 @@
 """One exception hierarchy for every failure of the two HTTP APIs.
 
 Messages and attributes name the API, the method, the URL path (never the query string), the
-HTTP status, the API's error code and message. They never carry tokens or client secrets: the
-clients redact known secrets from server-supplied text before it reaches an exception.
+HTTP status, the API's error code and message. They never carry tokens or client secrets: every
+server-supplied or transport text passes through the clients' redactor (`redaction.py`), which
+blanks known secrets in every form they take on the wire and bounds the text, before it
+reaches an exception; the message as a whole is bounded too (`bullphish_billing.text`).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from bullphish_billing.text import bounded
 
 
 class ApiError(Exception):
@@ -28,7 +32,7 @@ class ApiError(Exception):
         self.path = path
         self.status = status
         self.code = code
-        self.message = message
+        self.message = bounded(message)  # the server text it quotes is redacted already
         super().__init__(self._one_line())
 
     def _one_line(self) -> str:

@@ -16,8 +16,9 @@ from pydantic import SecretStr
 
 from .errors import ApiError, ContractViolationError
 from .pages import ListBudget
+from .redaction import redactor
 from .retry import Call, RetryPolicy
-from .session import MAX_BODY_BYTES, ApiSession, redactor
+from .session import MAX_BODY_BYTES, ApiSession
 
 API = "kaseyaone"
 MODULE = "bullphish-id"
@@ -33,9 +34,10 @@ logger = logging.getLogger("bullphish_billing.clients")
 
 @dataclass(frozen=True)
 class UsageResult:
-    """KaseyaOne's answer to one usage batch. `rejected` lists (metric index, reason);
-    `replayed` is True when the server answered a repeat of an earlier request with the same
-    Idempotency-Key and body; `status` is the HTTP status."""
+    """KaseyaOne's answer to one usage batch. `rejected` lists (metric index, reason), the
+    reason redacted and bounded like any server text; `replayed` is True when the server
+    answered a repeat of an earlier request with the same Idempotency-Key and body; `status`
+    is the HTTP status."""
 
     accepted: int
     rejected: list[tuple[int, str]]
@@ -230,7 +232,7 @@ class KaseyaOneClient:
             reason = item.get("reason") if isinstance(item, dict) else None
             if not _is_count(index) or not isinstance(reason, str):
                 raise violation("a 'rejected' item lacks an integer index and a string reason")
-            pairs.append((index, reason))
+            pairs.append((index, self._session.redact(reason)))  # server text, stored
         indices = [index for index, _ in pairs]
         if size is not None and any(index >= size for index in indices):
             raise violation(f"usage result rejects a metric index beyond the batch of {size}")

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -30,10 +30,9 @@ from .errors import (
     RetriesExhaustedError,
 )
 from .pages import decode_json
+from .redaction import Redactor
 
 logger = logging.getLogger("bullphish_billing.clients")
-
-_MAX_SERVER_MESSAGE = 300
 
 
 @dataclass(frozen=True)
@@ -135,16 +134,16 @@ class _Failure:
     retry_after_s: float | None = None
 
 
-def _identity(text: str) -> str:
-    return text
-
-
 def error_fields(
-    response: httpx.Response, redact: Callable[[str], str], content: bytes | None = None
+    response: httpx.Response,
+    redact: Redactor,
+    content: bytes | None = None,
+    *also: str | None,
 ) -> tuple[str | None, str]:
     """(code, message) from a contract error body `{"error": {"code", "message"}}` (`content`,
-    or else the response's), tolerating bodies that do not keep it. The message is redacted
-    and truncated."""
+    or else the response's), tolerating bodies that do not keep it. Both are server text:
+    `redact` blanks its secrets and `also` (the request's own credential) out of them and
+    bounds them."""
     code: str | None = None
     message: str | None = None
     try:
@@ -157,10 +156,7 @@ def error_fields(
         pass
     if message is None:
         message = response.reason_phrase or "no error message"
-    message = redact(message)
-    if len(message) > _MAX_SERVER_MESSAGE:
-        message = message[:_MAX_SERVER_MESSAGE] + "..."
-    return code, message
+    return (None if code is None else redact(code, *also)), redact(message, *also)
 
 
 async def _read_body(response: httpx.Response, limit: int | None) -> bytes | None:
@@ -187,7 +183,7 @@ async def send_with_retries(
     policy: RetryPolicy,
     slots: asyncio.Semaphore,
     auth: BearerAuth | None = None,
-    redact: Callable[[str], str] = _identity,
+    redact: Redactor = Redactor(),  # noqa: B008 - stateless without secrets
     max_body_bytes: int | None = None,
 ) -> JsonResponse:
     """Send `call` until it succeeds, fails finally, or attempts/deadline run out.
@@ -197,6 +193,8 @@ async def send_with_retries(
     of `slots` is held only while a request is on the wire, never while waiting; the deadline
     starts when the first attempt gets its slot, so queueing behind other requests does not
     eat it. Returns the status and the body decoded with orjson (bytes with `call.raw_body`).
+    Server and transport text reaches messages and logs only through `redact`, given the
+    bearer token the attempt carried as well (it may no longer be the current one).
     """
     loop = asyncio.get_running_loop()
     method = call.method.upper()
@@ -239,7 +237,7 @@ async def send_with_retries(
             )
         except httpx.InvalidURL as exc:  # e.g. a cursor from the server too long for a URL
             raise FinalApiError(
-                f"request cannot be built: InvalidURL: {redact(str(exc))}",
+                f"request cannot be built: InvalidURL: {redact(str(exc), token)}",
                 api=api,
                 method=method,
                 path=path,
@@ -280,20 +278,20 @@ async def send_with_retries(
             except httpx.DecodingError as exc:
                 raise ContractViolationError(
                     f"response body cannot be decoded as its Content-Encoding says: "
-                    f"{redact(str(exc))}",
+                    f"{redact(str(exc), token)}",
                     api=api,
                     method=method,
                     path=path,
                 ) from None
             except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as exc:
                 raise FinalApiError(
-                    f"request cannot be sent: {type(exc).__name__}: {redact(str(exc))}",
+                    f"request cannot be sent: {type(exc).__name__}: {redact(str(exc), token)}",
                     api=api,
                     method=method,
                     path=path,
                 ) from None
             except httpx.TransportError as exc:
-                detail = redact(str(exc)) or "no detail"
+                detail = redact(str(exc), token) or "no detail"
                 last = _Failure(f"{type(exc).__name__}: {detail}")
 
         if response is not None:
@@ -303,7 +301,7 @@ async def send_with_retries(
                     return JsonResponse(status, content)
                 decoded = decode_json(content, api=api, method=method, path=path, status=status)
                 return JsonResponse(status, decoded)
-            code, message = error_fields(response, redact, content)
+            code, message = error_fields(response, redact, content, token)
             if (
                 status == 401
                 and auth is not None

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
 from .arrow_pages import ArrowPageDecoder
 from .errors import ContractViolationError
 from .pages import ListBudget, Page, follow_cursor
+from .redaction import Redactor
 from .retry import BearerAuth, Call, JsonResponse, RetryPolicy, send_with_retries
 
 USER_AGENT = "bullphish-billing/0.1"
@@ -32,7 +33,7 @@ class ApiSession:
         *,
         max_connections: int,
         retry: RetryPolicy,
-        redact: Callable[[str], str],
+        redact: Redactor,
         max_body_bytes: int = MAX_BODY_BYTES,
         list_budget: ListBudget = ListBudget(),  # noqa: B008 - frozen, safe to share
     ) -> None:
@@ -49,7 +50,7 @@ class ApiSession:
         self.retry = retry
         self.max_body_bytes = max_body_bytes
         self.list_budget = list_budget
-        self._redact = redact
+        self.redact = redact
         self._slots = asyncio.Semaphore(max_connections)
         self._http: httpx.AsyncClient | None = None
 
@@ -87,7 +88,7 @@ class ApiSession:
             policy=self.retry,
             slots=self._slots,
             auth=auth,
-            redact=self._redact,
+            redact=self.redact,
             max_body_bytes=self.max_body_bytes,
         )
 
@@ -131,20 +132,3 @@ class ApiSession:
         return ContractViolationError(
             what, api=self.api, method=method, path=self._path(path), status=status
         )
-
-
-REDACTED = "**********"
-
-
-def redactor(*secrets: Callable[[], str | None]) -> Callable[[str], str]:
-    """A function that blanks out the current value of each secret in a text (server error
-    messages and transport errors pass through it before reaching an exception or a log)."""
-
-    def redact(text: str) -> str:
-        for secret in secrets:
-            value = secret()
-            if value and value in text:
-                text = text.replace(value, REDACTED)
-        return text
-
-    return redact
