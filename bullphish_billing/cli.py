@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from bullphish_billing import __version__
 from bullphish_billing.dates import check_usage_date, parse_date, yesterday_utc
+from bullphish_billing.shown import shown
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -119,7 +120,7 @@ def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a whole number: {shown(text)}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
