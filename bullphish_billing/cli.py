@@ -143,6 +143,11 @@ def _prepare_prefect() -> None:
     # Prefect's telemetry writes to its SQLite database at the same moment as the run and
     # makes it print `database is locked` tracebacks; it has no use here.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the errors this command reports in one line are logged by Prefect without traceback
+    from bullphish_billing.errors import ONE_LINE_ERRORS
+    from bullphish_billing.terminal import hide_tracebacks
+
+    hide_tracebacks(ONE_LINE_ERRORS)
 
 
 def run_date(
