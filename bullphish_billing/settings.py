@@ -99,7 +99,8 @@ class Settings(BaseSettings):
         None,
         alias="BILLING_ANALYTICS_FILE",
         description="The DuckDB file published for analysts after each run (default: "
-        "analytics.duckdb next to the warehouse).",
+        "analytics.duckdb next to the warehouse). Never the warehouse or one of its files; "
+        "a file there that publishing did not write is left alone.",
     )
 
     @field_validator("warehouse", "analytics_file", mode="before")

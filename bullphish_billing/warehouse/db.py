@@ -9,9 +9,10 @@ the storage refuses while the connection is open (a full disk, a file system tur
 read-only): DuckDB rolls the transaction back, so nothing half-written stays.
 
 Every other failure to open or migrate the file is a one-line `WarehouseError` too, raised
-before anything is written to it: a file that is no DuckDB database, one cut short (smaller than
-the blocks its header counts: DuckDB would open it and fail later, after writing), one written
-by a newer version, and one in which a table or view of ours has another shape (`migrate`).
+before anything is written to it: a file that is no DuckDB database, one cut short (too short
+for the blocks in use its header counts: DuckDB would open it, write to it, and fail later on a
+missing block), one written by a newer version, and one in which a table or view of ours has
+another shape (`migrate`: another program's file, or the analysts' copy).
 """
 
 from __future__ import annotations
