@@ -186,12 +186,9 @@ def preflight(
         stages.check_kaseyaone(settings)
     if partner_ids:
         known = known_partners(settings, end)
-        unknown = sorted(set(partner_ids) - known)
+        unknown = set(partner_ids) - known
         if unknown:
-            raise stages.UnknownPartnerError(
-                f"unknown partner {', '.join(unknown)} as of {end} "
-                f"(BullPhish ID lists {len(known)} partners)"
-            )
+            raise stages.UnknownPartnerError.of(unknown, len(known), end)
 
 
 def completed_dates(

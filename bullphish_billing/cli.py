@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from bullphish_billing import __version__
 from bullphish_billing.dates import check_usage_date, parse_date, yesterday_utc
+from bullphish_billing.text import shown
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
@@ -120,7 +121,7 @@ def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a whole number: {shown(text)}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -143,6 +144,11 @@ def _prepare_prefect() -> None:
     # Prefect's telemetry writes to its SQLite database at the same moment as the run and
     # makes it print `database is locked` tracebacks; it has no use here.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the errors this command reports in one line are logged by Prefect without traceback
+    from bullphish_billing.errors import ONE_LINE_ERRORS
+    from bullphish_billing.terminal import hide_tracebacks
+
+    hide_tracebacks(ONE_LINE_ERRORS)
 
 
 def run_date(

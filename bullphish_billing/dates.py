@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from bullphish_billing.text import shown
+
 HISTORY_DAYS = 400  # both APIs keep (and accept) 400 days
 
 
@@ -20,7 +22,7 @@ def parse_date(text: str) -> dt.date:
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"not a date (YYYY-MM-DD): {text!r}") from None
+        raise ValueError(f"not a date (YYYY-MM-DD): {shown(text)}") from None
 
 
 def check_usage_date(day: dt.date) -> None:

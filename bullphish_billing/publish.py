@@ -17,7 +17,17 @@ read-only, with the DuckDB CLI or Python, at any time. Measured on DuckDB 2.0.1 
 - A WAL file (`analytics.duckdb.wal`) left beside the file by a read-write session that
   crashed makes every later open fail ("WAL does not match database file"). The published file
   is closed cleanly (no WAL), and publishing removes a stray WAL before the rename. An analyst
-  who opens the file read-write anyway writes into a copy that the next publish replaces.
+  who opens the file read-write anyway writes into a copy that the next publish replaces; while
+  that session is open, publishing cannot read the file to check it (below) and leaves it.
+
+Publishing replaces only a file it wrote: the analysts' file holds the table
+`ops.analytics_file` (schema.ANALYTICS_MARKER, one row: when, and from which warehouse).
+Before the rename, publish opens the file at the path read-only (if there is one) and refuses,
+with a one-line PublishError and the file untouched, anything else: another program's DuckDB
+file, a file that is no DuckDB file, the warehouse itself, a file it cannot read. A copy
+published before the marker existed (the keyless copy of our tables, `migrate(keys=False)`)
+still counts as one. The settings refuse, at the start, an analysts' path that is the
+warehouse or one of its files (settings.py).
 
 What is published: every table of the warehouse schema except `raw.targets` (the largest
 table, one row per user per day, which analysts do not need), and every view, with all their
@@ -38,11 +48,23 @@ from pathlib import Path
 
 import duckdb
 
+from bullphish_billing.text import bounded, shown
 from bullphish_billing.warehouse.db import fetch_value, transaction
-from bullphish_billing.warehouse.schema import TABLES, migrate
+from bullphish_billing.warehouse.schema import (
+    ANALYTICS_MARKER,
+    TABLES,
+    catalog,
+    create_table,
+    migrate,
+    shape_problem,
+)
 
 NOT_PUBLISHED = frozenset({"raw.targets", "ops.schema_version"})  # migrate writes the version
 PUBLISHED_TABLES = tuple(t.name for t in TABLES if t.name not in NOT_PUBLISHED)
+
+
+class PublishError(Exception):
+    """The analysts' file was not published (one line); the file at the path is untouched."""
 
 
 @dataclass(frozen=True)
@@ -87,23 +109,93 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _is_analytics_file(path: Path) -> bool:
+    """Whether the DuckDB file at `path` is an analysts' file publish wrote (read-only look)."""
+    with duckdb.connect(str(path), read_only=True) as other:
+        found = catalog(other)
+    if ANALYTICS_MARKER.name in found:
+        return True
+    # published before the marker existed: the keyless copy of our schema
+    return TABLES[0].name in found and shape_problem(found, keys=False) is None
+
+
+def check_replaceable(target: Path) -> None:
+    """Raise PublishError unless `target` is missing or an analysts' file publish wrote."""
+    if not target.exists():
+        return
+    try:
+        ours = _is_analytics_file(target)
+    except duckdb.Error as exc:
+        if "WAL does not match" not in str(exc):
+            raise _unreadable(target, exc) from None
+        ours = _is_analytics_file_without_its_wal(target)
+    if not ours:
+        raise PublishError(
+            f"{shown(target)} (BILLING_ANALYTICS_FILE) is not an analysts' file written by "
+            "bullphish-billing, so it was not replaced: move it away or choose another path"
+        )
+
+
+def _unreadable(target: Path, exc: BaseException) -> PublishError:
+    return PublishError(
+        f"cannot tell whether {shown(target)} (BILLING_ANALYTICS_FILE) is an analysts' file, "
+        f"so it was not replaced: {bounded(str(exc))}"
+    )
+
+
+def _is_analytics_file_without_its_wal(target: Path) -> bool:
+    """`_is_analytics_file` for a file beside a WAL that does not match it (a read-write
+    session on an earlier copy that crashed): the WAL is set aside for the look, then removed
+    if the file is ours (publishing removes it anyway), else put back."""
+    wal = Path(f"{target}.wal")
+    aside = _temp_path(wal)
+    os.replace(wal, aside)
+    try:
+        ours = _is_analytics_file(target)
+    except duckdb.Error as exc:
+        os.replace(aside, wal)
+        raise _unreadable(target, exc) from None
+    if ours:
+        aside.unlink()
+    else:
+        os.replace(aside, wal)
+    return ours
+
+
 def publish(con: duckdb.DuckDBPyConnection, target: Path) -> PublishResult:
     """Copy the warehouse `con` is open on into a new file and rename it over `target`.
 
     The copy reads one snapshot of the warehouse (one transaction), so the file holds a state
     the warehouse really had. Concurrent publishes (parallel runs) each build their own file;
-    the last rename wins, and each is complete.
+    the last rename wins, and each is complete. A file at `target` that is not an analysts'
+    file is not replaced, and a failure to write the new file (a full disk) leaves the old
+    one: both are a PublishError.
     """
-    started = time.perf_counter()
     target = Path(target)
+    check_replaceable(target)
+    try:
+        return _publish(con, target)
+    except (duckdb.Error, OSError) as exc:
+        raise PublishError(
+            f"cannot write the analysts' file {shown(target)}: {bounded(str(exc))}"
+        ) from None
+
+
+def _publish(con: duckdb.DuckDBPyConnection, target: Path) -> PublishResult:
+    started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(target)
     temp = _temp_path(target)
     temp_wal = Path(f"{temp}.wal")
     alias = f"publish_{uuid.uuid4().hex[:12]}"  # ATTACH names are shared by the database
+    source = fetch_value(
+        con, "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
+    )
     try:
         with duckdb.connect(str(temp)) as fresh:
             migrate(fresh, keys=False)  # the warehouse's tables, views and comments
+            create_table(fresh, ANALYTICS_MARKER, keys=False)  # what makes it ours to replace
+            fresh.execute(f"INSERT INTO {ANALYTICS_MARKER.name} VALUES (now(), ?)", [source])
         con.execute(f"ATTACH '{temp}' AS {alias}")
         rows = 0
         try:
@@ -117,7 +209,7 @@ def publish(con: duckdb.DuckDBPyConnection, target: Path) -> PublishResult:
         finally:
             con.execute(f"DETACH {alias}")
         if temp_wal.exists():
-            raise RuntimeError(f"the new analytics file {temp} was not checkpointed")
+            raise PublishError(f"the new analysts' file {shown(temp)} was not checkpointed")
         _fsync(temp)
         Path(f"{target}.wal").unlink(missing_ok=True)  # a crashed read-write session's WAL
         os.replace(temp, target)

@@ -6,11 +6,27 @@ never show in a repr, a log line or an exception.
 
 from __future__ import annotations
 
+import os
+import stat
+import sys
+import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, PrivateAttr, SecretStr, ValidationError
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bullphish_billing.lease import lease_dir
+from bullphish_billing.text import shown
 
 
 class ConfigurationError(Exception):
@@ -119,8 +135,51 @@ class Settings(BaseSettings):
         None,
         alias="BILLING_ANALYTICS_FILE",
         description="The DuckDB file published for analysts after each run (default: "
-        "analytics.duckdb next to the warehouse).",
+        "analytics.duckdb next to the warehouse). Never the warehouse or one of its files; "
+        "a file there that publishing did not write is left alone.",
     )
+
+    @field_validator("warehouse", "analytics_file", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, str) and not value.strip():
+            name = cls.model_fields[info.field_name].alias
+            raise ConfigurationError(f"{name} is empty: set it to a file path, or unset it")
+        return value
+
+    @model_validator(mode="after")
+    def _check_files(self) -> Settings:
+        """The warehouse and the analysts' file must be files, and two different ones: the
+        analysts' file is replaced whole after every run, so it may be none of the
+        warehouse's own files (the file, its WAL, its spill directory, its lease directory),
+        whatever the path's spelling (relative, through symlinks or hard links)."""
+        for name, path in (
+            ("BILLING_WAREHOUSE", self.warehouse),
+            ("BILLING_ANALYTICS_FILE", self.analytics_path),
+        ):
+            if path.name in ("", ".", "..") or path.is_dir():
+                raise ConfigurationError(
+                    f"{name} must name a file, not the directory {shown(path)}"
+                )
+        analytics = self.analytics_path.resolve()
+        for what, path in self.warehouse_files().items():
+            if _same_or_inside(analytics, path):
+                raise ConfigurationError(
+                    f"the analysts' file {shown(self.analytics_path)} (BILLING_ANALYTICS_FILE; "
+                    f"default analytics.duckdb beside the warehouse) is {what}: publishing "
+                    "replaces it after every run, so it must be a file of its own"
+                )
+        return self
+
+    def warehouse_files(self) -> dict[str, Path]:
+        """The files and directories the warehouse owns, by what they are."""
+        warehouse = self.warehouse
+        return {
+            "the warehouse (BILLING_WAREHOUSE)": warehouse,
+            "the warehouse's WAL": Path(f"{warehouse}.wal"),
+            "the warehouse's spill directory": Path(f"{warehouse}.tmp"),
+            "the warehouse's lease directory": lease_dir(warehouse),
+        }
 
     @property
     def analytics_path(self) -> Path:
@@ -146,14 +205,62 @@ class Settings(BaseSettings):
                 f"missing configuration: {', '.join(missing)} (set them in the environment "
                 "or a .env file; `bullphish-billing demo` needs none)"
             )
-        for name in ("BULLPHISH_API_URL", "KASEYAONE_API_URL"):
-            url = required[name]
-            if not str(url).startswith(("http://", "https://")):
+        credentials = {
+            "BULLPHISH_API_URL": "BULLPHISH_API_TOKEN",
+            "KASEYAONE_API_URL": "KASEYAONE_CLIENT_ID and KASEYAONE_CLIENT_SECRET",
+        }
+        for name, credential in credentials.items():
+            url = str(required[name])
+            if not url.startswith(("http://", "https://")):
                 raise ConfigurationError(f"{name} must be an http(s) URL")
+            if "@" in urlsplit(url).netloc:  # the URL is never shown: it holds a password
+                raise ConfigurationError(
+                    f"{name} must not hold credentials (user:password@ before the host): "
+                    f"remove them; the API's credentials are {credential}"
+                )
+
+
+def _same_or_inside(path: Path, other: Path) -> bool:
+    """Whether resolved `path` is `other` (symlinks and `..` resolved, or the same inode) or
+    lies inside it."""
+    resolved = other.resolve()
+    if path == resolved or path.is_relative_to(resolved):
+        return True
+    try:
+        return os.path.samefile(path, other)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+_WARNED_ENV_FILES: set[Path] = set()
+_WARNING = threading.Lock()
+
+
+def _warn_if_open_to_others(env_file: object) -> None:
+    """One line on stderr, once per process, if the `.env` file (it holds the secrets) can be
+    read or written by its group or others."""
+    if not isinstance(env_file, (str, Path)):
+        return
+    path = Path(env_file)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:  # no .env: nothing to say
+        return
+    with _WARNING:
+        if not mode & 0o077 or path.resolve() in _WARNED_ENV_FILES:
+            return
+        _WARNED_ENV_FILES.add(path.resolve())
+    print(
+        f"bullphish-billing: warning: {shown(path)} holds secrets and is open to its group or "
+        f"others (mode {mode:04o}): chmod 600 {shown(path)}",
+        file=sys.stderr,
+    )
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings, turning pydantic's report into a one-line ConfigurationError."""
+    """Read the settings, turning pydantic's report into a one-line ConfigurationError (a
+    `.env` that others may read is reported on stderr, once, and used)."""
+    _warn_if_open_to_others(overrides.get("_env_file", Settings.model_config.get("env_file")))
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bullphish_billing import billing_rules, delivery, mappings, notable, publish
@@ -23,11 +24,20 @@ from bullphish_billing.clients import (
 from bullphish_billing.crashpoints import crashpoint
 from bullphish_billing.extract import ExtractResult, extract_partner_list, extract_partners
 from bullphish_billing.settings import ConfigurationError, Settings
+from bullphish_billing.text import shown_list
 from bullphish_billing.warehouse.db import fetch_value, open_warehouse
 
 
 class UnknownPartnerError(Exception):
     """A partner asked for on the command line does not exist as of the date."""
+
+    @classmethod
+    def of(cls, unknown: Iterable[str], listed: int, as_of: dt.date) -> UnknownPartnerError:
+        """The error for the ids in `unknown` (sorted; the first few shown, escaped)."""
+        return cls(
+            f"unknown partner {shown_list(sorted(unknown))} as of {as_of} "
+            f"(BullPhish ID lists {listed} partners)"
+        )
 
 
 def bullphish_client(settings: Settings) -> BullPhishClient:
@@ -123,12 +133,9 @@ def select_partners(
     if not only:
         return decisions
     known = {d.partner_id for d in decisions}
-    unknown = sorted(set(only) - known)
+    unknown = set(only) - known
     if unknown:
-        raise UnknownPartnerError(
-            f"unknown partner {', '.join(unknown)} as of {usage_date} "
-            f"(BullPhish ID lists {len(known)} partners)"
-        )
+        raise UnknownPartnerError.of(unknown, len(known), usage_date)
     return [d for d in decisions if d.partner_id in set(only)]
 
 

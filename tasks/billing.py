@@ -24,9 +24,9 @@ from bullphish_billing.errors import USER_FACING_ERRORS
 from bullphish_billing.extract import ExtractResult
 from bullphish_billing.notable import NotableChange
 from bullphish_billing.outcomes import PartnerOutcome
-from bullphish_billing.publish import PublishResult
+from bullphish_billing.publish import PublishError, PublishResult
 from bullphish_billing.settings import ConfigurationError, Settings, load_settings
-from bullphish_billing.text import bounded
+from bullphish_billing.text import bounded, shown
 from bullphish_billing.warehouse.db import WarehouseError
 
 
@@ -153,11 +153,11 @@ def publish(usage_date: dt.date, run_id: str) -> PublishResult | None:
         return None
     try:
         result = stages.publish_analytics(settings, run_id)
-    except (WarehouseError, OSError, duckdb.Error) as exc:  # the run's outcome stands
+    except (PublishError, WarehouseError, OSError, duckdb.Error) as exc:  # the outcome stands
         get_run_logger().error(
-            "the analysts' file %s was not published (it keeps the previous run): %s",
-            settings.analytics_path,
-            " ".join(str(exc).split()),
+            "the analysts' file %s was not published (the run's outcome stands): %s",
+            shown(settings.analytics_path),
+            bounded(str(exc)),
         )
         return None
     if result is not None:

@@ -7,23 +7,31 @@ Layers, as schemas:
   `migrate` with the tables).
 
 The schema is versioned: `ops.schema_version` holds the version applied; `migrate` creates a new
-warehouse and refuses one written by a newer version of this program.
+warehouse and refuses one written by a newer version of this program, and a file in which a table
+or view of ours has another shape (another program's DuckDB file, or the analysts' copy, which
+has no keys), before writing anything to it.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
 import duckdb
 
-from bullphish_billing.warehouse.views import create_views
+from bullphish_billing.text import shown
+from bullphish_billing.warehouse.views import VIEWS, create_views
 
 SCHEMA_VERSION = 1
 
 
 class SchemaVersionError(Exception):
     """The warehouse was written by a newer version of bullphish-billing."""
+
+
+class SchemaShapeError(Exception):
+    """A table or view of ours has another shape in the file: it is not our warehouse."""
 
 
 @dataclass(frozen=True)
@@ -387,13 +395,114 @@ TABLES: tuple[Table, ...] = (
     ),
 )
 
+ANALYTICS_MARKER = Table(
+    "ops.analytics_file",
+    "Marks this file as the analysts' copy of a bullphish-billing warehouse, published after "
+    "each run and replaced whole by the next one (publishing replaces no file without this "
+    "table). One row.",
+    (
+        _c("published_at", "TIMESTAMPTZ NOT NULL", "When this copy was published."),
+        _c("warehouse", "VARCHAR", "The warehouse file it is a copy of."),
+    ),
+)
+"""Not part of the warehouse: `publish` adds it to the analysts' file."""
+
 SCHEMAS = ("raw", "ops")
+OUR_NAMES = frozenset({t.name for t in TABLES} | {v.name for v in VIEWS})
 
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def create_table(con: duckdb.DuckDBPyConnection, table: Table, *, keys: bool = True) -> None:
+    """Create `table` if it does not exist, with its comments."""
+    con.execute(table.ddl(keys))
+    con.execute(f"COMMENT ON TABLE {table.name} IS {_quote(table.comment)}")
+    for col in table.columns:
+        con.execute(f"COMMENT ON COLUMN {table.name}.{col.name} IS {_quote(col.comment)}")
+
+
+# ------------------------------------------------------------------ the shape of a file
+@dataclass(frozen=True)
+class Shape:
+    """A table or view as the file's catalog describes it."""
+
+    kind: str  # table or view
+    columns: tuple[tuple[str, str], ...]  # (name, type), in order
+    primary_key: bool = False
+
+
+def catalog(con: duckdb.DuckDBPyConnection) -> dict[str, Shape]:
+    """Every table and view of the connection's database, by `schema.name` (lower case). Reads
+    the catalog only: nothing is written."""
+    here = "database_name = current_database()"
+    keyed = dict(
+        con.execute(
+            f"SELECT lower(schema_name || '.' || table_name), has_primary_key "
+            f"FROM duckdb_tables() WHERE {here}"
+        ).fetchall()
+    )
+    rows = con.execute(
+        f"SELECT lower(schema_name || '.' || table_name), "
+        f"list([column_name, data_type] ORDER BY column_index) "
+        f"FROM duckdb_columns() WHERE {here} GROUP BY ALL"
+    ).fetchall()
+    return {
+        name: Shape(
+            "table" if name in keyed else "view",
+            tuple((c, t) for c, t in columns),
+            bool(keyed.get(name)),
+        )
+        for name, columns in rows
+    }
+
+
+@functools.cache
+def _expected(keys: bool) -> dict[str, Shape]:
+    """The shape of every table and view of ours, as this DuckDB makes them (built once, in
+    memory)."""
+    with duckdb.connect(":memory:") as reference:
+        _create(reference, keys)
+        return catalog(reference)
+
+
+def _difference(got: Shape, want: Shape) -> str | None:
+    if got.kind != want.kind:
+        return f"is a {got.kind}, not a {want.kind}"
+    have, wanted = dict(got.columns), dict(want.columns)
+    for column, type_ in want.columns:
+        if column not in have:
+            return f"has no column {column}"
+        if have[column] != type_:
+            return f"has column {column} of type {shown(have[column])}, not {type_}"
+    extra = [column for column, _ in got.columns if column not in wanted]
+    if extra:
+        return f"has a column {shown(extra[0])} that ours has not"
+    if got.columns != want.columns:
+        return "has our columns in another order"
+    if got.primary_key != want.primary_key:
+        return "has no primary key" if want.primary_key else "has a primary key ours has not"
+    return None
+
+
+def shape_problem(found: dict[str, Shape], *, keys: bool = True) -> str | None:
+    """What in the catalog `found` (from `catalog`) is not as `migrate(keys=keys)` makes it,
+    in words; None if every table and view of ours it holds has our shape. A file holding
+    none of them (a new one) has no problem."""
+    if keys and ANALYTICS_MARKER.name in found:
+        return f"it is an analysts' file published by bullphish-billing ({ANALYTICS_MARKER.name})"
+    if not any(name in found for name in OUR_NAMES):
+        return None
+    for name, want in _expected(keys).items():
+        got = found.get(name)
+        difference = None if got is None else _difference(got, want)
+        if difference is not None:
+            return f"its {want.kind} {name} {difference}"
+    return None
+
+
+# --------------------------------------------------------------------------- migrating
 _MIGRATING = threading.Lock()
 """Connections of one process share the database (runs side by side: a backfill's dates). Two
 that create the schema at the same moment fail with "Catalog write-write conflict"
@@ -404,6 +513,10 @@ DuckDB's lock on the file already keeps them apart."""
 def migrate(con: duckdb.DuckDBPyConnection, *, keys: bool = True) -> int:
     """Create the schema if the warehouse is new; return the version in force.
 
+    Before writing anything, the file's catalog is compared with the schema: a file written
+    by a newer version is refused (SchemaVersionError), and so is one in which a table or view
+    of ours has another shape (SchemaShapeError), with nothing written.
+
     `keys=False` leaves out the primary keys: for the analysts' read-only copy (`publish`),
     where their indexes would be most of the file's size and of the time to write it."""
     with _MIGRATING:
@@ -411,28 +524,36 @@ def migrate(con: duckdb.DuckDBPyConnection, *, keys: bool = True) -> int:
 
 
 def _migrate(con: duckdb.DuckDBPyConnection, keys: bool) -> int:
-    for schema in SCHEMAS:
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-    con.execute(TABLES[0].ddl())
-    current = con.execute("SELECT max(version) FROM ops.schema_version").fetchall()[0][0] or 0
+    found = catalog(con)
+    version = TABLES[0].name
+    current = 0
+    if version in found and found[version] == _expected(keys)[version]:
+        current = con.execute(f"SELECT max(version) FROM {version}").fetchall()[0][0] or 0
     if current > SCHEMA_VERSION:
         raise SchemaVersionError(
             f"the warehouse has schema version {current}, newer than this program's "
             f"{SCHEMA_VERSION}: upgrade bullphish-billing"
         )
+    problem = shape_problem(found, keys=keys)
+    if problem is not None:
+        raise SchemaShapeError(problem)
     if current == SCHEMA_VERSION:
         return current
     con.execute("BEGIN")
     try:
-        for table in TABLES:
-            con.execute(table.ddl(keys))
-            con.execute(f"COMMENT ON TABLE {table.name} IS {_quote(table.comment)}")
-            for col in table.columns:
-                con.execute(f"COMMENT ON COLUMN {table.name}.{col.name} IS {_quote(col.comment)}")
-        create_views(con)
-        con.execute("INSERT INTO ops.schema_version VALUES (?, now())", [SCHEMA_VERSION])
+        _create(con, keys)
+        con.execute(f"INSERT INTO {version} VALUES (?, now())", [SCHEMA_VERSION])
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
     return SCHEMA_VERSION
+
+
+def _create(con: duckdb.DuckDBPyConnection, keys: bool) -> None:
+    """Every schema, table and view of ours that does not exist yet, with comments."""
+    for schema in SCHEMAS:
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    for table in TABLES:
+        create_table(con, table, keys=keys)
+    create_views(con)
