@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean check-ui check-deployments
+.PHONY: demo test test-fast lint bench clean check-ui check-deployments
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -21,6 +21,10 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+# The unit tests alone (tests/unit: no server, no Prefect), in under a minute.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
@@ -32,7 +36,7 @@ check-ui: $(STAMP)
 
 # prefect.yaml end to end: `prefect server start` on a free port, `prefect deploy --all`, a
 # process worker, a backfill run against the sandbox. Offline, about 30 s; `test` runs it too
-# (tests/test_deployments.py).
+# (tests/integration/test_deployments.py).
 check-deployments: $(STAMP)
 	$(BIN)/python scripts/check_deployments.py
 

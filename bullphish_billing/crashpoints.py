@@ -2,9 +2,9 @@
 
 When the environment variable `BILLING_CRASH_AT` names a point, the process SIGKILLs itself
 the moment a run reaches that point: no exception, no `finally`, no flush, exactly like a
-power cut or the kernel's OOM killer. The crash tests (`tests/test_crash_safety.py`) use it to
-prove that a run killed at any boundary loses nothing and doubles nothing
-(docs/billing-rules.md rule 9).
+power cut or the kernel's OOM killer. The crash tests
+(`tests/integration/test_crash_safety.py`) use it to prove that a run killed at any boundary
+loses nothing and doubles nothing (docs/billing-rules.md rule 9).
 `BILLING_CRASH_AT=after-send:2` kills the second time the point is reached.
 
 It is never set in production; unset, a crash point costs one environment lookup.

@@ -9,7 +9,7 @@ gives, and returns the records as columns.
 It answers only for a page it can read without any doubt: one JSON object, valid UTF-8, whose
 `data` is an array of flat objects, every value of the declared type, and no required field
 absent or null (Arrow cannot tell an absent field from a null one, and validation words them
-differently). `tests/test_arrow_pages.py` checks that both paths agree.
+differently). `tests/unit/test_arrow_pages.py` checks that both paths agree.
 For any other page it returns None and the caller decodes the page with orjson, so that the
 usual path finds, words and quarantines what is wrong, exactly as before. A null `next_cursor`
 ends a list only if the key is there: the caller confirms the last page with orjson.

@@ -13,11 +13,11 @@ from datetime import date
 from urllib.parse import quote, quote_plus, urlencode
 
 import pytest
+from loopback import error, form_of, json_response, serve
 from pydantic import SecretStr
 from secret_forms import b64, needles, wire_forms
 from starlette.requests import Request
 from starlette.responses import Response
-from test_clients import error, form_of, json_response, serve
 
 from bullphish_billing.clients import (
     ApiError,

@@ -4,7 +4,7 @@ on the wire: exact, lower- and upper-cased, URL- and form-encoded, base64 (of th
 
 A CLI run against such servers (tests/relay.py relays in front of the sandbox) must leave
 no secret, in any of those forms, in the terminal, the warehouse, the analysts' file or Prefect
-(its API and its database). The redactor's own tests are in `tests/test_redaction.py`.
+(its API and its database). The redactor's own tests are in `tests/integration/test_redaction.py`.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ DECODER: ArrowPageDecoder = _TARGET_PAGES
 FIELDS = tuple(f.column for f in TARGET.fields)
 REQUIRED = ("id", "organization_id", "email", "status", "updated_at")
 OPTIONAL = ("first_name", "last_name")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WHERE = {"api": "bullphish", "method": "GET", "path": "/v1/partners/p_1/targets"}
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_deployments.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "check_deployments.py"
 
 
 def test_both_deployments_register_and_a_worker_completes_a_backfill_run():

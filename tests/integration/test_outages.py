@@ -2,7 +2,7 @@
 whole run. The partner-dates it touches fail (or stay pending) with their reason, the others
 go on, nothing is recorded as delivered that was not, and the next run completes the work once.
 
-(`tests/test_daily_flow.py::test_kaseyaone_down_leaves_batches_pending_and_the_next_run_delivers_them`
+(`tests/integration/test_daily_flow.py::test_kaseyaone_down_leaves_batches_pending_and_the_next_run_delivers_them`
 already shows KaseyaOne down for a run, in process; here the same as the user meets it, with
 the CLI's exit code and the order of the next run's sends.)
 """

@@ -37,7 +37,7 @@ CREDENTIALS = {
     "client_id": "sandbox-client",
     "client_secret": "sandbox-secret",
 }
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def config(**knobs: object) -> SandboxConfig:

@@ -4,9 +4,9 @@ run, its task runs, logs and artifacts) and Prefect's database file, the warehou
 text column of every table) and every file the run left beside it.
 
 Also: the settings hold the secrets as SecretStr, and the sandbox refuses every endpoint
-without a token. (Elsewhere: `tests/test_clients.py::test_secrets_never_reach_messages_reprs_or_logs`
-redacts server-echoed secrets from exceptions and logs; `tests/test_cli.py` checks a clean run's
-files and a wrong credential's one-line error; `tests/test_sandbox_servers.py::
+without a token. (Elsewhere: `tests/integration/test_clients.py::test_secrets_never_reach_messages_reprs_or_logs`
+redacts server-echoed secrets from exceptions and logs; `tests/integration/test_cli.py` checks a clean run's
+files and a wrong credential's one-line error; `tests/integration/test_sandbox_servers.py::
 test_starts_fast_on_loopback_and_stops_clean` checks that the sandbox listens on 127.0.0.1 only.)
 """
 

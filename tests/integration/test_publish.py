@@ -21,7 +21,7 @@ from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
 from bullphish_billing.warehouse.db import open_warehouse
 
 VIEWS = ("billing_changes", "invoice_preview", "unmapped_organizations", "run_history")
-ANALYST = Path(__file__).with_name("analyst.py")
+ANALYST = Path(__file__).resolve().parents[1] / "analyst.py"
 
 
 class Analyst:
