@@ -1,40 +1,11 @@
 """The analysts' file: a complete copy of the warehouse, replaced atomically after each run.
 
-Analysts open `analytics.duckdb` (BILLING_ANALYTICS_FILE; by default next to the warehouse)
-read-only, with the DuckDB CLI or Python, at any time. Measured on DuckDB 2.0.1 (Linux):
-
-- A process holding a file read-only keeps a lock on it: a writer in another process cannot
-  open that file at all ("Could not set lock on file"). So the run never writes the analysts'
-  file in place: it builds a new file beside it and renames it over the old one.
-- `os.replace` of a file that another process holds open (read-only, or even read-write)
-  succeeds at once, and the open connection keeps reading the file it opened (the old inode):
-  every query, including tables it had not touched yet, sees the old state, complete, until
-  the analyst reconnects. A new connection sees the new state, complete. Nothing in between
-  exists: the new file is fully written, checkpointed and fsynced before the rename.
-- In one process DuckDB reuses the database of a path that is still open: a second
-  `duckdb.connect(path)` while the first is open still sees the old file. Close every
-  connection (in the CLI, `.open` the file again) to see the latest run.
-- A WAL file (`analytics.duckdb.wal`) left beside the file by a read-write session that
-  crashed makes every later open fail ("WAL does not match database file"). The published file
-  is closed cleanly (no WAL), and publishing removes a stray WAL before the rename. An analyst
-  who opens the file read-write anyway writes into a copy that the next publish replaces; while
-  that session is open, publishing cannot read the file to check it (below) and leaves it.
-
-Publishing replaces only a file it wrote: the analysts' file holds the table
-`ops.analytics_file` (schema.ANALYTICS_MARKER, one row: when, and from which warehouse).
-Before the rename, publish opens the file at the path read-only (if there is one) and refuses,
-with a one-line PublishError and the file untouched, anything else: another program's DuckDB
-file, a file that is no DuckDB file, the warehouse itself, a file it cannot read. A copy
-published before the marker existed (the keyless copy of our tables, `migrate(keys=False)`)
-still counts as one. The settings refuse, at the start, an analysts' path that is the
-warehouse or one of its files (settings.py).
-
-What is published: every table of the warehouse schema except `raw.targets` (the largest
-table, one row per user per day, which analysts do not need), and every view, with all their
-`COMMENT ON` text: the file is created by the same `migrate` as the warehouse, without the
-primary keys. Measured on a synthetic 400-day history (8M metrics, 8M acknowledged metrics,
-4M organization rows, 2 cores): with the keys' indexes the copy took 42 s and 2.0 GiB, without
-them 10 s and 110 MiB. Nobody writes the copy, so the keys would guard nothing.
+Analysts open it (BILLING_ANALYTICS_FILE; by default `analytics.duckdb` next to the warehouse)
+read-only, at any time. Each publish builds a new file beside it (every table but
+`raw.targets`, every view, without primary keys), checkpoints and fsyncs it, and renames it
+over the old one, which an open session goes on reading until it reconnects. It replaces only
+a file it wrote (one holding `ops.analytics_file`); anything else is left with a one-line
+PublishError. Why, with the measurements: docs/decisions/2026-11-25-analysts-file-by-rename.md.
 """
 
 from __future__ import annotations
