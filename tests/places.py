@@ -9,6 +9,8 @@ from uuid import UUID
 
 import duckdb
 
+from bullphish_billing.sandbox import RunningSandbox
+
 
 def prefect_records(flow_run_id: UUID) -> list[str]:
     """Everything Prefect's API holds about one flow run, as text."""
@@ -63,3 +65,17 @@ def warehouse_text(path: Path) -> str:
             rows = con.execute(f"SELECT * FROM {schema}.{table}").fetchall()
             chunks.append(repr(rows))
     return "\n".join(chunks)
+
+
+def record_issued_tokens(sandbox: RunningSandbox) -> list[str]:
+    """The KaseyaOne access tokens the sandbox issues from now on (secrets too), as a list that
+    fills as they are issued."""
+    issued: list[str] = []
+    issue = sandbox.kaseyaone.issue_token
+
+    def recording(client_id: str, lifetime_s: int) -> str:
+        issued.append(issue(client_id, lifetime_s))
+        return issued[-1]
+
+    sandbox.kaseyaone.issue_token = recording  # type: ignore[method-assign]
+    return issued

@@ -22,7 +22,7 @@ import duckdb
 import orjson
 import pytest
 from fault_tools import prefect_api_url  # noqa: F401 - fixture
-from places import prefect_database_files, prefect_records, warehouse_text
+from places import prefect_database_files, prefect_records, record_issued_tokens, warehouse_text
 from relay import Exchange, Relay, Reply
 from sandbox_env import child_env, output, run_cli
 from secret_forms import b64, needles, wire_forms
@@ -125,14 +125,7 @@ def test_no_secret_in_any_form_a_server_echoes_reaches_any_place_a_run_writes(
         Relay(sandbox.bullphish_url, bp_echoes) as bp,
         Relay(sandbox.kaseyaone_url, k1_echoes) as k1,
     ):
-        issued: list[str] = []  # the KaseyaOne access tokens the run is given: secrets too
-        issue = sandbox.kaseyaone.issue_token
-
-        def recording(client_id: str, lifetime_s: int) -> str:
-            issued.append(issue(client_id, lifetime_s))
-            return issued[-1]
-
-        sandbox.kaseyaone.issue_token = recording  # type: ignore[method-assign]
+        issued = record_issued_tokens(sandbox)  # KaseyaOne access tokens: secrets too
         env = child_env(
             sandbox,
             warehouse,

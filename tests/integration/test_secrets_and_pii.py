@@ -22,7 +22,7 @@ import duckdb
 import httpx
 import pytest
 from fault_tools import prefect_api_url  # noqa: F401 - fixture
-from places import prefect_database_files, prefect_records, warehouse_text
+from places import prefect_database_files, prefect_records, record_issued_tokens, warehouse_text
 from sandbox_env import child_env, output, run_cli
 from test_daily_flow import assert_no_personal_data
 
@@ -53,14 +53,7 @@ def test_no_secret_and_no_personal_data_anywhere_a_faulty_run_writes(
     day = yesterday_utc() - dt.timedelta(days=2)
     warehouse = tmp_path / "warehouse.duckdb"
     with RunningSandbox(FAULTY) as sandbox:
-        issued: list[str] = []  # the KaseyaOne access tokens the run is given: secrets too
-        issue = sandbox.kaseyaone.issue_token
-
-        def recording(client_id: str, lifetime_s: int) -> str:
-            issued.append(issue(client_id, lifetime_s))
-            return issued[-1]
-
-        sandbox.kaseyaone.issue_token = recording  # type: ignore[method-assign]
+        issued = record_issued_tokens(sandbox)  # KaseyaOne access tokens: secrets too
         env = child_env(
             sandbox,
             warehouse,
