@@ -1,33 +1,22 @@
-"""The `bullphish-billing` command: run, backfill, sandbox, demo.
+"""The `bullphish-billing` command: its arguments, its help, and its exit codes.
 
 Exit codes (docs/billing-rules.md): 0 everything billable delivered (or the dry run done);
 1 finished, but something was held, rejected or failed; 2 usage or configuration error, one
-line, no traceback.
+line, no traceback. What `run` and `backfill` do is in commands.py; the modules that command
+needs are imported when it runs, so `--help` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
 from collections.abc import Sequence
 
 from bullphish_billing import __version__
 from bullphish_billing.dates import check_usage_date, parse_date, yesterday_utc
+from bullphish_billing.errors import EXIT_OK, EXIT_USAGE, BillingError, UsageError
 from bullphish_billing.text import shown
-
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad command-line input; the message is one line."""
-
-
-class RunFailedError(Exception):
-    """The run could not go on: an API it cannot do without (the partner list) stayed
-    unavailable or refused. One line, exit 1: the run was attempted, nothing was recorded as
-    delivered, and running it again later is the remedy."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -140,50 +129,9 @@ def _partner_and_dry_run(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _prepare_prefect() -> None:
-    # Prefect's telemetry writes to its SQLite database at the same moment as the run and
-    # makes it print `database is locked` tracebacks; it has no use here.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # the errors this command reports in one line are logged by Prefect without traceback
-    from bullphish_billing.errors import ONE_LINE_ERRORS
-    from bullphish_billing.terminal import hide_tracebacks
-
-    hide_tracebacks(ONE_LINE_ERRORS)
-
-
-def run_date(
-    usage_date: dt.date, partners: list[str] | None, dry_run: bool, *, quiet: bool = False
-) -> int:
-    """Run the daily flow for one date and print its summary; return the exit code."""
-    from bullphish_billing.settings import load_settings
-
-    load_settings().require_apis()
-    _prepare_prefect()
-    from bullphish_billing import reporting
-    from bullphish_billing.errors import USER_FACING_ERRORS
-    from flows.daily_billing import daily_billing
-
-    state = daily_billing(
-        usage_date=usage_date, partner_ids=partners, dry_run=dry_run, return_state=True
-    )
-    if state.is_failed():
-        data = state.result(raise_on_failure=False)
-        if isinstance(data, USER_FACING_ERRORS):
-            raise data
-        from bullphish_billing.clients import ApiError
-
-        if isinstance(data, ApiError):
-            raise RunFailedError(f"the run failed: {data}") from None
-        raise RuntimeError(state.message or "the flow failed")
-    summary = state.result()
-    if not quiet:
-        print()
-        print(reporting.terminal_table(summary))
-        print(f"\n{summary.usage_date}: {reporting.one_line(summary)} (exit {summary.exit_code})")
-    return summary.exit_code
-
-
 def _cmd_run(ns: argparse.Namespace) -> int:
+    from bullphish_billing.commands import run_date
+
     day = ns.date or yesterday_utc()
     _check_date(day)
     return run_date(day, ns.partners, ns.dry_run)
@@ -197,12 +145,10 @@ def _check_date(day: dt.date) -> None:
 
 
 def _cmd_backfill(ns: argparse.Namespace) -> int:
-    from bullphish_billing.backfill import run_backfill
+    from bullphish_billing.backfill import check_range
+    from bullphish_billing.commands import run_backfill
 
-    if ns.end < ns.start:
-        raise UsageError(f"--end {ns.end} is before --start {ns.start}")
-    _check_date(ns.start)
-    _check_date(ns.end)
+    check_range(ns.start, ns.end, ns.concurrency)
     return run_backfill(
         ns.start, ns.end, ns.partners, ns.dry_run, force=ns.force, concurrency=ns.concurrency
     )
@@ -243,16 +189,11 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
-    from bullphish_billing.errors import USER_FACING_ERRORS
-
     try:
         return COMMANDS[ns.command](ns)
-    except (UsageError, *USER_FACING_ERRORS) as exc:
+    except BillingError as exc:  # UserError: exit 2; RunFailure: exit 1
         print(f"bullphish-billing {ns.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except RunFailedError as exc:
-        print(f"bullphish-billing {ns.command}: error: {exc}", file=sys.stderr)
-        return EXIT_PROBLEMS
+        return exc.exit_code
     except KeyboardInterrupt:
         print("bullphish-billing: interrupted", file=sys.stderr)
         return 130

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 
+from bullphish_billing.errors import RunFailure
 from bullphish_billing.text import bounded, shown
 from bullphish_billing.warehouse.db import fetch_value, transaction
 from bullphish_billing.warehouse.schema import (
@@ -34,7 +35,7 @@ NOT_PUBLISHED = frozenset({"raw.targets", "ops.schema_version"})  # migrate writ
 PUBLISHED_TABLES = tuple(t.name for t in TABLES if t.name not in NOT_PUBLISHED)
 
 
-class PublishError(Exception):
+class PublishError(RunFailure):
     """The analysts' file was not published (one line); the file at the path is untouched."""
 
 

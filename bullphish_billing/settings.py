@@ -25,12 +25,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bullphish_billing.errors import ConfigurationError
 from bullphish_billing.lease import lease_dir
 from bullphish_billing.text import shown
-
-
-class ConfigurationError(Exception):
-    """Configuration is missing or invalid; the message is one line, safe to print."""
 
 
 class Settings(BaseSettings):

@@ -22,22 +22,10 @@ from bullphish_billing.clients import (
     RetryPolicy,
 )
 from bullphish_billing.crashpoints import crashpoint
+from bullphish_billing.errors import ConfigurationError, UnknownPartnerError
 from bullphish_billing.extract import ExtractResult, extract_partner_list, extract_partners
-from bullphish_billing.settings import ConfigurationError, Settings
-from bullphish_billing.text import shown_list
+from bullphish_billing.settings import Settings
 from bullphish_billing.warehouse.db import fetch_value, open_warehouse
-
-
-class UnknownPartnerError(Exception):
-    """A partner asked for on the command line does not exist as of the date."""
-
-    @classmethod
-    def of(cls, unknown: Iterable[str], listed: int, as_of: dt.date) -> UnknownPartnerError:
-        """The error for the ids in `unknown` (sorted; the first few shown, escaped)."""
-        return cls(
-            f"unknown partner {shown_list(sorted(unknown))} as of {as_of} "
-            f"(BullPhish ID lists {listed} partners)"
-        )
 
 
 def bullphish_client(settings: Settings) -> BullPhishClient:
@@ -132,11 +120,15 @@ def select_partners(
     """Narrow the decisions to the partners asked for; an unknown one is an error."""
     if not only:
         return decisions
-    known = {d.partner_id for d in decisions}
-    unknown = set(only) - known
-    if unknown:
-        raise UnknownPartnerError.of(unknown, len(known), usage_date)
+    require_known(only, {d.partner_id for d in decisions}, usage_date)
     return [d for d in decisions if d.partner_id in set(only)]
+
+
+def require_known(asked: Iterable[str], known: set[str], as_of: dt.date) -> None:
+    """UnknownPartnerError unless BullPhish ID lists every partner asked for."""
+    unknown = set(asked) - known
+    if unknown:
+        raise UnknownPartnerError.of(unknown, len(known), as_of)
 
 
 def extract(

@@ -1,7 +1,7 @@
 """The backfill flow: the daily flow once per date of a range, as subflows, wiring only.
 
-The rules (which dates, how many at a time, what counts as done) live in
-`bullphish_billing/backfill.py`.
+The rules (which dates, what counts as done) live in `bullphish_billing/backfill.py`, the
+runner (how many at a time, in what order) in `bullphish_billing/backfill_runner.py`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from prefect.artifacts import (
 from prefect.states import Failed
 
 from bullphish_billing import backfill as rules
-from bullphish_billing.errors import USER_FACING_ERRORS
+from bullphish_billing import backfill_runner as runner
+from bullphish_billing.errors import UserError
 from bullphish_billing.settings import load_settings
 from bullphish_billing.warehouse.db import open_warehouse
 from flows.daily_billing import daily_billing
@@ -46,7 +47,7 @@ def backfill(
             settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s
         ) as con:  # also creates it before the threads
             done = set() if dry_run or force else rules.completed_dates(con, days, partner_ids)
-    except (*USER_FACING_ERRORS, rules.BackfillRangeError) as exc:
+    except UserError as exc:
         log.error("%s", exc)
         return Failed(message=str(exc), data=exc)
 
@@ -66,7 +67,7 @@ def backfill(
         key=f"{key}-progress",
         description=f"Backfill {start}..{end}: dates finished",
     )
-    watcher = rules.observer()
+    watcher = runner.observer()
     if watcher is not None:
         watcher.started(len(days), len(done))
     lock = threading.Lock()
@@ -92,7 +93,7 @@ def backfill(
         data = state.result(raise_on_failure=False)
         return rules.DateResult.failure(day, data if isinstance(data, Exception) else state.message)
 
-    ran = rules.run_dates(todo, bill, concurrency, on_result=finished)
+    ran = runner.run_dates(todo, bill, concurrency, on_result=finished)
     by_day = {r.usage_date: r for r in ran} | {d: rules.DateResult.done_before(d) for d in done}
     summary = rules.BackfillSummary(start, end, dry_run, force, [by_day[d] for d in days])
     create_table_artifact(

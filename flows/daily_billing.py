@@ -21,7 +21,7 @@ from bullphish_billing import (
     stages,
 )
 from bullphish_billing.dates import yesterday_utc
-from bullphish_billing.errors import USER_FACING_ERRORS
+from bullphish_billing.errors import UserError
 from bullphish_billing.extract import ExtractResult
 from bullphish_billing.settings import load_settings
 from bullphish_billing.warehouse.db import open_warehouse
@@ -56,7 +56,7 @@ def daily_billing(
     try:
         with lease.run_leases(load_settings().warehouse, run_id) as leases:
             return _bill(day, partner_ids, dry_run, run_id, leases, force, lease_wait_s, reports)
-    except USER_FACING_ERRORS as exc:
+    except UserError as exc:
         # bad configuration or input: fail the run with a one-line message, no traceback
         get_run_logger().error("%s", exc)
         return Failed(message=str(exc), data=exc)

@@ -20,7 +20,7 @@ from prefect.states import State
 
 from bullphish_billing import mappings, partner_artifacts, stages
 from bullphish_billing.billing_rules import Evaluation, PartnerDecision
-from bullphish_billing.errors import USER_FACING_ERRORS
+from bullphish_billing.errors import UserError
 from bullphish_billing.extract import ExtractResult
 from bullphish_billing.notable import NotableChange
 from bullphish_billing.outcomes import PartnerOutcome
@@ -35,7 +35,7 @@ def _worth_retrying(task: object, task_run: object, state: State) -> bool:
     configuration or an unusable warehouse: those would fail the same way again."""
     try:
         state.result()
-    except USER_FACING_ERRORS:
+    except UserError:
         return False
     except Exception:  # noqa: BLE001 - anything else may be transient
         return True

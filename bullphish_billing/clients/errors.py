@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from bullphish_billing.errors import RunFailure
 from bullphish_billing.text import bounded
 
 
-class ApiError(Exception):
+class ApiError(RunFailure):
     """Base class of every failure of a BullPhish ID or KaseyaOne request."""
 
     def __init__(

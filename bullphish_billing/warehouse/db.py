@@ -29,14 +29,11 @@ from typing import Any
 
 import duckdb
 
+from bullphish_billing.errors import WarehouseError
 from bullphish_billing.text import bounded, shown
 from bullphish_billing.warehouse.schema import SchemaShapeError, SchemaVersionError, migrate
 
 log = logging.getLogger(__name__)
-
-
-class WarehouseError(Exception):
-    """The warehouse cannot be opened or written; the message is one line, safe to print."""
 
 
 # what DuckDB (or the OS) says when the storage, not the SQL, is at fault

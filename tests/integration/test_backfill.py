@@ -25,7 +25,8 @@ from sandbox_env import (
     stored,
 )
 
-from bullphish_billing.backfill import BackfillSummary, DateResult, run_dates
+from bullphish_billing.backfill import BackfillSummary, DateResult
+from bullphish_billing.backfill_runner import run_dates
 from bullphish_billing.dates import today_utc
 from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
 
@@ -256,7 +257,7 @@ def test_a_date_that_fails_stops_no_other_and_the_backfill_ends_with_exit_1(
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     import flows.backfill
-    from bullphish_billing.backfill import run_backfill
+    from bullphish_billing.commands import run_backfill
 
     days = WEEK[:3]
     real = flows.backfill.daily_billing

@@ -219,7 +219,7 @@ def test_a_disk_that_fills_between_send_and_record_loses_nothing_and_doubles_not
     one line, the batch stays pending (not acknowledged, not delivered), and the next run
     sends it again under the same key, which KaseyaOne answers as a replay."""
     from bullphish_billing.clients import KaseyaOneClient
-    from bullphish_billing.errors import USER_FACING_ERRORS
+    from bullphish_billing.errors import UserError
     from flows.daily_billing import daily_billing
 
     warehouse = small_fs.path / "warehouse.duckdb"
@@ -240,7 +240,7 @@ def test_a_disk_that_fills_between_send_and_record_loses_nothing_and_doubles_not
         state = daily_billing(usage_date=DAY, return_state=True)
         assert state.is_failed()
         error = state.result(raise_on_failure=False)
-        assert isinstance(error, USER_FACING_ERRORS), repr(error)
+        assert isinstance(error, UserError), repr(error)
         assert "\n" not in str(error) and "no space left" in str(error).lower()
         assert sandbox.kaseyaone.sends()  # KaseyaOne holds what it answered
 

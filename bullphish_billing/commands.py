@@ -1,0 +1,129 @@
+"""What `run` and `backfill` do on the terminal: run the flow in this process, show its
+progress and summary, and turn its end into an exit code (cli.py parses the arguments).
+
+Prefect and the flows are imported only once the settings are known to be complete, so a
+missing setting is said at once, not after Prefect has loaded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import threading
+
+from bullphish_billing import reporting
+from bullphish_billing.backfill import DEFAULT_CONCURRENCY, BackfillSummary, DateResult
+from bullphish_billing.backfill_runner import observing
+from bullphish_billing.cli_progress import Progress
+from bullphish_billing.errors import BillingError, RunFailedError, UserError
+from bullphish_billing.settings import load_settings
+
+
+def prepare_prefect() -> None:
+    """Quiet Prefect for a command run in this process."""
+    # Prefect's telemetry writes to its SQLite database at the same moment as the run and
+    # makes it print `database is locked` tracebacks; it has no use here.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the errors this command reports in one line are logged by Prefect without traceback
+    from bullphish_billing.terminal import hide_tracebacks
+
+    hide_tracebacks((BillingError,))
+
+
+def run_date(
+    usage_date: dt.date, partners: list[str] | None, dry_run: bool, *, quiet: bool = False
+) -> int:
+    """Run the daily flow for one date and print its summary; return the exit code."""
+    load_settings().require_apis()
+    prepare_prefect()
+    from flows.daily_billing import daily_billing
+
+    state = daily_billing(
+        usage_date=usage_date, partner_ids=partners, dry_run=dry_run, return_state=True
+    )
+    if state.is_failed():
+        data = state.result(raise_on_failure=False)
+        if isinstance(data, UserError):
+            raise data
+        from bullphish_billing.clients import ApiError
+
+        if isinstance(data, ApiError):
+            raise RunFailedError(f"the run failed: {data}") from None
+        raise RuntimeError(state.message or "the flow failed")
+    summary = state.result()
+    if not quiet:
+        print()
+        print(reporting.terminal_table(summary))
+        print(f"\n{summary.usage_date}: {reporting.one_line(summary)} (exit {summary.exit_code})")
+    return summary.exit_code
+
+
+class TerminalProgress:
+    """The progress bar of `bullphish-billing backfill` (rich, on the terminal)."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self._bar = None
+        self._lock = threading.Lock()
+
+    def started(self, total: int, done_before: int) -> None:
+        with self._lock:
+            self._bar = Progress(total, label=self._label)
+            self._bar.__enter__()
+            for _ in range(done_before):
+                self._bar.advance()
+
+    def finished(self, result: DateResult, done: int, total: int) -> None:
+        with self._lock:
+            if self._bar is not None:
+                self._bar.describe(f"{result.usage_date} {result.status}")
+                self._bar.advance()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._bar is not None:
+                self._bar.__exit__(None, None, None)
+                self._bar = None
+
+
+def run_backfill(
+    start: dt.date,
+    end: dt.date,
+    partner_ids: list[str] | None,
+    dry_run: bool,
+    *,
+    force: bool = False,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> int:
+    """The `backfill` command: run the flow in this process with a progress bar, print a
+    line per date and the summary, return the exit code. Errors found before any work are
+    raised (the CLI prints them on one line, exit 2)."""
+    load_settings().require_apis()
+    prepare_prefect()
+    from flows.backfill import backfill as backfill_flow
+
+    progress = TerminalProgress(f"backfill {start}..{end}")
+    try:
+        with observing(progress):
+            state = backfill_flow(
+                start=start,
+                end=end,
+                partner_ids=partner_ids,
+                dry_run=dry_run,
+                force=force,
+                concurrency=concurrency,
+                return_state=True,
+            )
+    finally:
+        progress.close()
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, UserError):
+        raise data
+    if not isinstance(data, BackfillSummary):
+        print(f"bullphish-billing backfill: failed: {state.message}", file=sys.stderr)
+        return 1
+    for r in data.results:
+        print(f"{r.usage_date}  {r.status:<9} {r.detail}")
+    print(f"{data.one_line()} (exit {data.exit_code})")
+    return data.exit_code
