@@ -15,101 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from dataclasses import dataclass, field
 
 import duckdb
 
-from bullphish_billing import reporting, stages
+from bullphish_billing import stages
 from bullphish_billing.dates import check_usage_date
 from bullphish_billing.errors import UsageError
-from bullphish_billing.outcomes import RunSummary
+from bullphish_billing.results import DONE
 from bullphish_billing.settings import Settings
-from bullphish_billing.text import bounded
 from bullphish_billing.warehouse.db import fetch_all
 
 DEFAULT_CONCURRENCY = 2
-DONE_STATUSES = ("delivered", "skipped")  # a partner-date that needs nothing more
 
 
 class BackfillRangeError(UsageError):
     """The range or the concurrency asked for cannot be backfilled (one line, exit 2)."""
-
-
-# -- what a backfill did -------------------------------------------------------------------
-@dataclass(frozen=True)
-class DateResult:
-    """One date of a backfill.
-
-    status: delivered (exit 0), dry_run (exit 0), problems (the run finished but something
-    was held, rejected or failed: exit 1), failed (the date's run itself failed: exit 1),
-    done (delivered by an earlier run, not billed again: exit 0).
-    """
-
-    usage_date: dt.date
-    status: str
-    exit_code: int
-    detail: str
-    metrics_sent: int = 0
-
-    @classmethod
-    def from_summary(cls, summary: RunSummary) -> DateResult:
-        code = summary.exit_code
-        status = "problems" if code else ("dry_run" if summary.dry_run else "delivered")
-        return cls(
-            summary.usage_date,
-            status,
-            code,
-            reporting.one_line(summary),
-            sum(o.metrics_sent for o in summary.outcomes),
-        )
-
-    @classmethod
-    def failure(cls, usage_date: dt.date, reason: object) -> DateResult:
-        return cls(usage_date, "failed", 1, bounded(str(reason)) or "the run failed")
-
-    @classmethod
-    def done_before(cls, usage_date: dt.date) -> DateResult:
-        return cls(usage_date, "done", 0, "delivered by an earlier run (force bills it again)")
-
-
-@dataclass
-class BackfillSummary:
-    start: dt.date
-    end: dt.date
-    dry_run: bool
-    force: bool
-    results: list[DateResult] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if any(r.exit_code for r in self.results) else 0
-
-    @property
-    def failed(self) -> list[dt.date]:
-        return [r.usage_date for r in self.results if r.status == "failed"]
-
-    def one_line(self) -> str:
-        counts: dict[str, int] = {}
-        for r in self.results:
-            counts[r.status] = counts.get(r.status, 0) + 1
-        parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-        sent = sum(r.metrics_sent for r in self.results)
-        return (
-            f"backfill {self.start}..{self.end}: {len(self.results)} date(s): "
-            f"{parts or 'nothing to do'}; {sent} metrics sent"
-        )
-
-    def artifact_rows(self) -> list[dict]:
-        return [
-            {
-                "usage_date": r.usage_date.isoformat(),
-                "status": r.status,
-                "exit_code": r.exit_code,
-                "metrics_sent": r.metrics_sent,
-                "detail": r.detail,
-            }
-            for r in self.results
-        ]
 
 
 # -- before any work -----------------------------------------------------------------------
@@ -211,6 +131,6 @@ def completed_dates(
         GROUP BY w.usage_date
         HAVING bool_and(coalesce(list_contains($done, l.status), false))
         """,
-        {"days": days, "partners": partner_ids or None, "done": list(DONE_STATUSES)},
+        {"days": days, "partners": partner_ids or None, "done": sorted(DONE)},
     )
     return {r[0] for r in rows}

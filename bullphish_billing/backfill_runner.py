@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Protocol
 
-from bullphish_billing.backfill import DateResult
+from bullphish_billing.results import DateResult
 
 
 class Observer(Protocol):

@@ -10,10 +10,10 @@ earlier, in `validation`, as the pages arrive.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 
 import duckdb
 
+from bullphish_billing.results import Decision, Evaluation, PartnerDecision
 from bullphish_billing.warehouse.db import fetch_all, transaction
 
 MODULES = ("training_awareness", "phishing")
@@ -24,32 +24,6 @@ BILLING_TYPES = tuple(
 
 DUPLICATE_CONFLICT = "duplicate id with conflicting content"
 UNKNOWN_ORGANIZATION = "unknown organization: the partner has no organization with this id"
-
-
-@dataclass(frozen=True)
-class PartnerDecision:
-    """Rule 1 for one partner on one date: billable, skipped (prerequisite) or held."""
-
-    partner_id: str
-    subscription_type: str | None
-    decision: str  # "billable" | "skipped" | "held"
-    reason: str | None
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What the rules made of one extracted partner-date."""
-
-    partner_id: str
-    subscription_type: str | None
-    held: bool
-    reason: str | None
-    organizations_billed: int
-    organizations_held: int
-    records_received: int
-    records_quarantined: int
-    metrics_computed: int
-    metrics_held: int  # metrics not computed because their organization or partner-date is held
 
 
 def decide_partners(
@@ -119,7 +93,7 @@ def decide_partners(
         """,
         {"d": usage_date},
     )
-    return [PartnerDecision(*row) for row in rows]
+    return [PartnerDecision(pid, sub, Decision(decision), why) for pid, sub, decision, why in rows]
 
 
 def evaluate(

@@ -13,10 +13,11 @@ import sys
 import threading
 
 from bullphish_billing import reporting
-from bullphish_billing.backfill import DEFAULT_CONCURRENCY, BackfillSummary, DateResult
+from bullphish_billing.backfill import DEFAULT_CONCURRENCY
 from bullphish_billing.backfill_runner import observing
 from bullphish_billing.cli_progress import Progress
 from bullphish_billing.errors import BillingError, RunFailedError, UserError
+from bullphish_billing.results import BackfillSummary, DateResult
 from bullphish_billing.settings import load_settings
 
 
@@ -55,7 +56,7 @@ def run_date(
     if not quiet:
         print()
         print(reporting.terminal_table(summary))
-        print(f"\n{summary.usage_date}: {reporting.one_line(summary)} (exit {summary.exit_code})")
+        print(f"\n{summary.usage_date}: {summary.one_line()} (exit {summary.exit_code})")
     return summary.exit_code
 
 

@@ -1,50 +1,11 @@
 """Partner-date leases: two runs never work on the same partner-date at the same time.
 
-A run takes the lease of each partner-date it bills (and, for a moment each, the leases of
-the date's partner list and of the organization mappings every date shares) before it
-touches that partner-date, and gives it back when it is done.
-A second run of the same partner-date waits for it (and then usually finds nothing to send),
-or, after `wait_s`, leaves that partner-date alone and reports it as failed with a message
-naming the run that holds it.
-
-The mechanism, and why (options weighed against what we measured on DuckDB 2.0.1):
-
-- A lease table in the warehouse does not fit our DuckDB file. Only one process may open the
-  file read-write, and our stages open it briefly per stage, so taking or renewing a lease
-  would compete for the very lock the stages need. A process killed with SIGKILL cannot
-  release its row either: the lease needs a time-to-live and a heartbeat (more opens of the
-  file), and a restarted backfill must wait the lease out.
-- Prefect's global concurrency limits (`strict=True`) exclude only runs that talk to the same
-  Prefect server. A CLI run without `PREFECT_API_URL` runs on its own ephemeral server, so it
-  would not see a worker's run at all; the limits must also exist beforehand (one per
-  partner-date, or one coarse limit), and a killed holder's slot is freed only when its lease
-  on the server expires.
-- What we use: an advisory lock (`flock`) on a small file per partner-date, in a directory
-  beside the warehouse (`<warehouse>.leases/`). Every process that can write the warehouse
-  runs on the host that holds the file, so they all see the same locks, whatever Prefect
-  server they use. Locks belong to an open file description, so two threads of one process
-  (two dates of a backfill, two flows under one test harness) exclude each other like two
-  processes do. The kernel releases the lock the instant its holder dies, SIGKILL included:
-  no stale leases, no time-to-live, a restarted backfill goes on at once. A lease file exists
-  only while it is held: the holder deletes it before it unlocks, and a waiter that locked a
-  file deleted meanwhile simply tries again (the usual flock + unlink protocol). The holder
-  writes who it is (run id, pid, host, since when) into the file, for the waiter's message.
-  Limits: POSIX only (fcntl), and one host, as for the DuckDB file itself; on a network file
-  system flock may not be honoured, but neither may DuckDB's own lock.
-
-Delivery takes part too (`current()`): a batch left pending for a partner-date that another
-live run holds is that run's to send, so `delivery.send_pending` skips it instead of sending
-it at the same time, and `delivery.plan_interrupted` does not take a live run for a dead one.
-
-What the lease does not change: DuckDB's own lock on the file. Two runs in one process (the
-dates of a backfill) share the database and work side by side; the leases keep them off each
-other's rows, which would otherwise conflict ("Conflict on update", measured). Across
-processes the stages' short connections let two runs take turns on the file, and the lease
-keeps the later run of a partner-date waiting without opening the file; a stage that opens
-the file while the other process has it open waits for it (`open_warehouse`'s `lock_wait_s`,
-BILLING_WAREHOUSE_LOCK_WAIT_S), and only past that ends with the one-line "locked by another
-process" WarehouseError (before that wait, two `bullphish-billing run` of one date started
-together could end with exit 1 and exit 2; nothing was delivered twice either way).
+A run takes the lease of each partner-date it bills (and, for a moment each, those of the date's
+partner list and of the organization mappings) before it touches it, and gives it back when
+done. A second run waits for it, or after `wait_s` leaves that partner-date alone and reports it
+failed, naming the holder. A lease is an advisory lock (`flock`) on a file in
+`<warehouse>.leases/`, released by the kernel when its holder dies; why, and what was weighed:
+docs/decisions/2026-11-25-partner-date-leases-by-flock.md.
 """
 
 from __future__ import annotations

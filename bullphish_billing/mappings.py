@@ -20,9 +20,9 @@ import pandas as pd
 
 from bullphish_billing.clients import ApiError, FinalApiError, KaseyaOneClient
 from bullphish_billing.clients.kaseyaone import MAX_LIST_RECORDS
+from bullphish_billing.results import MappingStatus
 from bullphish_billing.warehouse.db import transaction
 
-LINKED, NOT_LINKED, FAILED = "linked", "not_linked", "failed"
 MAPPING_FIELDS = ("module_organization_id", "psa", "psa_company_id", "psa_company_name")
 
 
@@ -31,7 +31,7 @@ class MappingFetch:
     """One partner's mappings as fetched: status linked, not_linked (404) or failed."""
 
     partner_id: str
-    status: str
+    status: MappingStatus
     # (organization_id, psa, psa_company_id, psa_company_name)
     mappings: tuple[tuple[str, str, str, str], ...] = ()
     error: str | None = None
@@ -55,7 +55,9 @@ async def fetch_all(
             left = max_mappings - held
             if left <= 0:
                 return MappingFetch(
-                    partner_id, FAILED, error=f"not fetched: {held} mappings held already"
+                    partner_id,
+                    MappingStatus.FAILED,
+                    error=f"not fetched: {held} mappings held already",
                 )
             result = await fetch(client, partner_id, max_records=left)
             held += len(result.mappings)
@@ -72,25 +74,27 @@ async def fetch(
         records = await client.list_organization_mappings(partner_id, max_records=max_records)
     except FinalApiError as exc:
         if exc.status == 404:
-            return MappingFetch(partner_id, NOT_LINKED)
-        return MappingFetch(partner_id, FAILED, error=str(exc))
+            return MappingFetch(partner_id, MappingStatus.NOT_LINKED)
+        return MappingFetch(partner_id, MappingStatus.FAILED, error=str(exc))
     except ApiError as exc:
-        return MappingFetch(partner_id, FAILED, error=str(exc))
+        return MappingFetch(partner_id, MappingStatus.FAILED, error=str(exc))
     rows = []
     for record in records:
         values = tuple(record.get(f) if isinstance(record, dict) else None for f in MAPPING_FIELDS)
         if not all(isinstance(v, str) for v in values):
             return MappingFetch(
-                partner_id, FAILED, error="a mapping lacks one of " + ", ".join(MAPPING_FIELDS)
+                partner_id,
+                MappingStatus.FAILED,
+                error="a mapping lacks one of " + ", ".join(MAPPING_FIELDS),
             )
         rows.append(values)
-    return MappingFetch(partner_id, LINKED, tuple(rows))  # type: ignore[arg-type]
+    return MappingFetch(partner_id, MappingStatus.LINKED, tuple(rows))  # type: ignore[arg-type]
 
 
 def store(con: duckdb.DuckDBPyConnection, fetches: list[MappingFetch], run_id: str) -> int:
     """Replace the mappings of every partner fetched (linked or not_linked) in one
     transaction; failed fetches change nothing. Returns the partners replaced."""
-    done = [f for f in fetches if f.status in (LINKED, NOT_LINKED)]
+    done = [f for f in fetches if f.status in (MappingStatus.LINKED, MappingStatus.NOT_LINKED)]
     if not done:
         return 0
     partners = [f.partner_id for f in done]
@@ -102,7 +106,7 @@ def store(con: duckdb.DuckDBPyConnection, fetches: list[MappingFetch], run_id: s
     fetched = pd.DataFrame(
         {
             "partner_id": partners,
-            "status": [f.status for f in done],
+            "status": [str(f.status) for f in done],
             "mappings": [len(f.mappings) for f in done],
         }
     )

@@ -1,62 +1,23 @@
-"""What a run did, per partner-date: the run log, the summary and the exit code."""
+"""What a run did, per partner-date, from what each stage reported; and the run log that
+records it (ops.runs, ops.partner_runs). The words and the summary: results.py."""
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
 
 import duckdb
-import pandas as pd
 
-from bullphish_billing.billing_rules import Evaluation, PartnerDecision
 from bullphish_billing.delivery import DeliveryReport
 from bullphish_billing.extract import ExtractResult
+from bullphish_billing.results import (
+    Decision,
+    Evaluation,
+    PartnerDecision,
+    PartnerOutcome,
+    PartnerStatus,
+    RunSummary,
+)
 from bullphish_billing.warehouse.db import transaction
-
-# statuses that make the run end with exit code 1 (docs/billing-rules.md: held, rejected or failed)
-PROBLEM_STATUSES = frozenset({"held", "failed", "partial"})
-
-
-@dataclass(frozen=True)
-class PartnerOutcome:
-    usage_date: dt.date
-    partner_id: str
-    subscription_type: str | None
-    status: str  # delivered | partial | skipped | held | failed | dry_run
-    reason: str | None = None
-    organizations_billed: int = 0
-    organizations_held: int = 0
-    records_received: int = 0
-    records_quarantined: int = 0
-    metrics_computed: int = 0
-    metrics_held: int = 0
-    metrics_sent: int = 0
-    metrics_rejected: int = 0
-
-
-@dataclass
-class RunSummary:
-    run_id: str
-    usage_date: dt.date
-    dry_run: bool
-    outcomes: list[PartnerOutcome]
-    earlier_batches_sent: int = 0
-    still_pending: int = 0
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        problems = any(o.status in PROBLEM_STATUSES for o in self.outcomes)
-        return 1 if problems or self.still_pending or self.notes else 0
-
-    def counts(self) -> dict[str, int]:
-        result: dict[str, int] = {}
-        for outcome in self.outcomes:
-            result[outcome.status] = result.get(outcome.status, 0) + 1
-        return result
-
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([asdict(o) for o in self.outcomes])
 
 
 def combine(
@@ -76,15 +37,17 @@ def combine(
             "partner_id": pid,
             "subscription_type": decision.subscription_type,
         }
-        if decision.decision != "billable":
+        if decision.decision != Decision.BILLABLE:
             outcomes.append(
-                PartnerOutcome(**base, status=decision.decision, reason=decision.reason)
+                PartnerOutcome(
+                    **base, status=PartnerStatus(decision.decision), reason=decision.reason
+                )
             )
             continue
         extract = extracts.get(pid)
         if extract is None or extract.error:
             reason = extract.error if extract else "not extracted"
-            outcomes.append(PartnerOutcome(**base, status="failed", reason=reason))
+            outcomes.append(PartnerOutcome(**base, status=PartnerStatus.FAILED, reason=reason))
             continue
         ev = evaluations[pid]
         numbers = {
@@ -96,25 +59,27 @@ def combine(
             "metrics_held": ev.metrics_held,
         }
         if ev.held:
-            outcomes.append(PartnerOutcome(**base, status="held", reason=ev.reason, **numbers))
+            outcomes.append(
+                PartnerOutcome(**base, status=PartnerStatus.HELD, reason=ev.reason, **numbers)
+            )
             continue
         if dry_run or report is None:
-            outcomes.append(PartnerOutcome(**base, status="dry_run", **numbers))
+            outcomes.append(PartnerOutcome(**base, status=PartnerStatus.DRY_RUN, **numbers))
             continue
         key = (usage_date, pid)
         sent, rejected = report.sent.get(key, 0), report.rejected.get(key, 0)
         numbers |= {"metrics_sent": sent, "metrics_rejected": rejected}
         if key in report.errors:
-            status, reason = "failed", report.errors[key]
+            status, reason = PartnerStatus.FAILED, report.errors[key]
         elif rejected or ev.organizations_held:
             problems = []
             if ev.organizations_held:
                 problems.append(f"{ev.organizations_held} organization(s) held: own record bad")
             if rejected:
                 problems.append(f"KaseyaOne rejected {rejected} metric(s)")
-            status, reason = "partial", "; ".join(problems)
+            status, reason = PartnerStatus.PARTIAL, "; ".join(problems)
         else:
-            status = "delivered"
+            status = PartnerStatus.DELIVERED
             reason = None if sent else "unchanged since last acknowledged: nothing sent"
         outcomes.append(PartnerOutcome(**base, status=status, reason=reason, **numbers))
     return outcomes

@@ -13,7 +13,7 @@ import hashlib
 import re
 
 from bullphish_billing.notable import NotableChange, markdown_table
-from bullphish_billing.outcomes import PartnerOutcome
+from bullphish_billing.results import PartnerOutcome
 
 
 def key(partner_id: str) -> str:

@@ -6,7 +6,7 @@ import datetime as dt
 
 import duckdb
 
-from bullphish_billing.outcomes import RunSummary
+from bullphish_billing.results import PartnerStatus, RunSummary
 from bullphish_billing.warehouse.db import fetch_all
 
 ARTIFACT_COLUMNS = (
@@ -35,12 +35,12 @@ def artifact_rows(summary: RunSummary) -> list[dict]:
 
 def issues_markdown(summary: RunSummary) -> str:
     """A markdown note of everything skipped, held, failed or rejected."""
-    lines = [f"# Billing {summary.usage_date}: {one_line(summary)}", ""]
+    lines = [f"# Billing {summary.usage_date}: {summary.one_line()}", ""]
     groups = {
-        "held": "Held for review",
-        "failed": "Failed",
-        "partial": "Delivered in part",
-        "skipped": "Skipped (prerequisite not met)",
+        PartnerStatus.HELD: "Held for review",
+        PartnerStatus.FAILED: "Failed",
+        PartnerStatus.PARTIAL: "Delivered in part",
+        PartnerStatus.SKIPPED: "Skipped (prerequisite not met)",
     }
     for status, title in groups.items():
         chosen = [o for o in summary.outcomes if o.status == status]
@@ -59,18 +59,6 @@ def issues_markdown(summary: RunSummary) -> str:
     if len(lines) == 2:
         lines.append("Nothing skipped, held, failed or rejected.")
     return "\n".join(lines)
-
-
-def one_line(summary: RunSummary) -> str:
-    counts = summary.counts()
-    parts = [f"{n} {status}" for status, n in sorted(counts.items())]
-    sent = sum(o.metrics_sent for o in summary.outcomes)
-    text = f"{', '.join(parts) or 'no partners'}; {sent} metrics sent"
-    if summary.earlier_batches_sent:
-        text += f"; {summary.earlier_batches_sent} earlier batch(es) delivered"
-    if summary.still_pending:
-        text += f"; {summary.still_pending} batch(es) still pending"
-    return text
 
 
 def unattributed_quarantine(con: duckdb.DuckDBPyConnection, usage_date: dt.date) -> list[str]:

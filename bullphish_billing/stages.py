@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bullphish_billing import billing_rules, delivery, mappings, notable, publish
-from bullphish_billing.billing_rules import Evaluation, PartnerDecision
 from bullphish_billing.clients import (
     BullPhishClient,
     FinalApiError,
@@ -24,6 +23,7 @@ from bullphish_billing.clients import (
 from bullphish_billing.crashpoints import crashpoint
 from bullphish_billing.errors import ConfigurationError, UnknownPartnerError
 from bullphish_billing.extract import ExtractResult, extract_partner_list, extract_partners
+from bullphish_billing.results import Evaluation, PartnerDecision
 from bullphish_billing.settings import Settings
 from bullphish_billing.warehouse.db import fetch_value, open_warehouse
 

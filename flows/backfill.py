@@ -20,6 +20,7 @@ from prefect.states import Failed
 from bullphish_billing import backfill as rules
 from bullphish_billing import backfill_runner as runner
 from bullphish_billing.errors import UserError
+from bullphish_billing.results import BackfillSummary, DateResult, DateStatus
 from bullphish_billing.settings import load_settings
 from bullphish_billing.warehouse.db import open_warehouse
 from flows.daily_billing import daily_billing
@@ -33,7 +34,7 @@ def backfill(
     dry_run: bool = False,
     force: bool = False,
     concurrency: int = rules.DEFAULT_CONCURRENCY,
-) -> rules.BackfillSummary:
+) -> BackfillSummary:
     """Bill every usage date from `start` to `end` (inclusive) with the daily flow, oldest
     first, at most `concurrency` dates at a time. Dates an earlier run delivered are not
     billed again unless `force` (which also re-sends unchanged numbers). Configuration comes
@@ -72,15 +73,15 @@ def backfill(
         watcher.started(len(days), len(done))
     lock = threading.Lock()
 
-    def finished(result: rules.DateResult, count: int) -> None:
+    def finished(result: DateResult, count: int) -> None:
         with lock:
             update_progress_artifact(progress_id, progress=100.0 * (len(done) + count) / len(days))
-        if result.status == "failed":
+        if result.status == DateStatus.FAILED:
             log.error("%s failed: %s", result.usage_date, result.detail)
         if watcher is not None:
             watcher.finished(result, len(done) + count, len(days))
 
-    def bill(day: dt.date) -> rules.DateResult:
+    def bill(day: dt.date) -> DateResult:
         state = daily_billing(
             usage_date=day,
             partner_ids=partner_ids,
@@ -89,13 +90,13 @@ def backfill(
             return_state=True,
         )
         if state.is_completed():
-            return rules.DateResult.from_summary(state.result())
+            return DateResult.from_summary(state.result())
         data = state.result(raise_on_failure=False)
-        return rules.DateResult.failure(day, data if isinstance(data, Exception) else state.message)
+        return DateResult.failure(day, data if isinstance(data, Exception) else state.message)
 
     ran = runner.run_dates(todo, bill, concurrency, on_result=finished)
-    by_day = {r.usage_date: r for r in ran} | {d: rules.DateResult.done_before(d) for d in done}
-    summary = rules.BackfillSummary(start, end, dry_run, force, [by_day[d] for d in days])
+    by_day = {r.usage_date: r for r in ran} | {d: DateResult.done_before(d) for d in done}
+    summary = BackfillSummary(start, end, dry_run, force, [by_day[d] for d in days])
     create_table_artifact(
         key=key,
         table=summary.artifact_rows(),

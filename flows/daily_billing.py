@@ -23,6 +23,7 @@ from bullphish_billing import (
 from bullphish_billing.dates import yesterday_utc
 from bullphish_billing.errors import UserError
 from bullphish_billing.extract import ExtractResult
+from bullphish_billing.results import Decision
 from bullphish_billing.settings import load_settings
 from bullphish_billing.warehouse.db import open_warehouse
 from tasks import billing
@@ -94,14 +95,14 @@ def _bill(
     with leases.holding(lease.partner_list(day), wait_s=lease_wait_s, on_wait=waiting):
         listed = billing.list_partners(settings, day, run_id)
     decisions = stages.select_partners(listed, partner_ids, day)
-    billable = [d.partner_id for d in decisions if d.decision == "billable"]
+    billable = [d.partner_id for d in decisions if d.decision == Decision.BILLABLE]
     log.info(
         "%s: %d partners, %d billable, %d skipped, %d held",
         day,
         len(decisions),
         len(billable),
-        sum(d.decision == "skipped" for d in decisions),
-        sum(d.decision == "held" for d in decisions),
+        sum(d.decision == Decision.SKIPPED for d in decisions),
+        sum(d.decision == Decision.HELD for d in decisions),
     )
     # two runs never bill the same partner-date at once: wait for it, or leave it and say so
     keys = {lease.partner_date(day, p): p for p in billable}
@@ -163,7 +164,7 @@ def _bill(
         fetched = billing.fetch_mappings(settings, day, computed)
         with leases.holding(lease.organization_mappings(), wait_s=lease_wait_s):
             billing.store_mappings(settings, day, fetched, run_id)  # shared by every date
-    log.info("%s", reporting.one_line(summary))
+    log.info("%s", summary.one_line())
     return summary
 
 

@@ -19,12 +19,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
 from bullphish_billing import mappings, partner_artifacts, stages
-from bullphish_billing.billing_rules import Evaluation, PartnerDecision
 from bullphish_billing.errors import UserError
 from bullphish_billing.extract import ExtractResult
 from bullphish_billing.notable import NotableChange
-from bullphish_billing.outcomes import PartnerOutcome
 from bullphish_billing.publish import PublishError, PublishResult
+from bullphish_billing.results import Evaluation, MappingStatus, PartnerDecision, PartnerOutcome
 from bullphish_billing.settings import ConfigurationError, Settings, load_settings
 from bullphish_billing.text import bounded, shown
 from bullphish_billing.warehouse.db import WarehouseError
@@ -109,9 +108,9 @@ def fetch_mappings(
         fetches = stages.fetch_mappings(settings, partner_ids)
     except Exception as exc:  # noqa: BLE001 - informational: never fails the run
         error = bounded(str(exc))
-        fetches = [mappings.MappingFetch(p, mappings.FAILED, error=error) for p in partner_ids]
+        fetches = [mappings.MappingFetch(p, MappingStatus.FAILED, error=error) for p in partner_ids]
     for fetch in fetches:
-        if fetch.status == mappings.FAILED:
+        if fetch.status == MappingStatus.FAILED:
             get_run_logger().warning(
                 "organization mappings of %s not fetched (the previous ones stay): %s",
                 fetch.partner_id,

@@ -1,18 +1,10 @@
-"""Decoding a list page straight into Arrow columns, off the event loop.
+"""Decoding a target page straight into Arrow columns, in a worker thread (no Python object
+per record; why: docs/decisions/2026-11-25-target-pages-as-arrow.md).
 
-A page of 1,000 targets decoded by orjson becomes 1,000 dicts and 7,000 strings, all made
-under the GIL, that validation then turns into Arrow columns one by one. `ArrowPageDecoder`
-reads the page bytes with Arrow's JSON reader instead (C++, the GIL released, so it runs in a
-worker thread while the event loop goes on fetching), against the record type the contract
-gives, and returns the records as columns.
-
-It answers only for a page it can read without any doubt: one JSON object, valid UTF-8, whose
-`data` is an array of flat objects, every value of the declared type, and no required field
-absent or null (Arrow cannot tell an absent field from a null one, and validation words them
-differently). `tests/unit/test_arrow_pages.py` checks that both paths agree.
-For any other page it returns None and the caller decodes the page with orjson, so that the
-usual path finds, words and quarantines what is wrong, exactly as before. A null `next_cursor`
-ends a list only if the key is there: the caller confirms the last page with orjson.
+`ArrowPageDecoder` answers only for a page it can read beyond doubt (one JSON object, valid
+UTF-8, flat records of the declared types, no required field absent or null); for any other
+page it returns None, and the caller decodes it with orjson and the exact checks.
+`tests/unit/test_arrow_pages.py` checks that both paths agree.
 """
 
 from __future__ import annotations

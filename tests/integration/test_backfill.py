@@ -25,9 +25,9 @@ from sandbox_env import (
     stored,
 )
 
-from bullphish_billing.backfill import BackfillSummary, DateResult
 from bullphish_billing.backfill_runner import run_dates
 from bullphish_billing.dates import today_utc
+from bullphish_billing.results import BackfillSummary, DateResult
 from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
 
 TODAY = today_utc()

@@ -16,7 +16,8 @@ from oracle import expected_billing
 
 from bullphish_billing import publish
 from bullphish_billing.dates import yesterday_utc
-from bullphish_billing.outcomes import RunSummary, record, start_run
+from bullphish_billing.outcomes import record, start_run
+from bullphish_billing.results import RunSummary
 from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
 from bullphish_billing.warehouse.db import open_warehouse
 

@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bullphish_billing.terminal",
             "bullphish_billing.cli_progress",
             "bullphish_billing.validation",
+            "bullphish_billing.results",
         ),
     ),
     (

@@ -8,7 +8,7 @@ import datetime as dt
 from warehouse_builder import evaluate, load, org, partner, target
 
 from bullphish_billing import notable, partner_artifacts
-from bullphish_billing.outcomes import PartnerOutcome
+from bullphish_billing.results import PartnerOutcome
 
 DAY = dt.date(2026, 11, 20)
 BEFORE = DAY - dt.timedelta(days=1)

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 
 from bullphish_billing import mappings, outcomes
-from bullphish_billing.outcomes import PartnerOutcome, RunSummary
+from bullphish_billing.results import MappingStatus, PartnerOutcome, RunSummary
 
 TA_PO, PH_PO = (
     "bullphish_id.training_awareness.per_organization",
@@ -190,15 +190,15 @@ def test_unmapped_organizations_lists_billed_organizations_the_psa_does_not_map(
         [
             mappings.MappingFetch(
                 "p_0001",
-                mappings.LINKED,
+                MappingStatus.LINKED,
                 (
                     ("o_a", "autotask", "10001", "Customer A"),
                     ("o_b", "autotask", "10002", "Customer B"),
                     ("o_zzz", "autotask", "10003", "Not billed by us"),
                 ),
             ),
-            mappings.MappingFetch("p_0002", mappings.NOT_LINKED),
-            mappings.MappingFetch("p_0003", mappings.FAILED, error="down"),  # changes nothing
+            mappings.MappingFetch("p_0002", MappingStatus.NOT_LINKED),
+            mappings.MappingFetch("p_0003", MappingStatus.FAILED, error="down"),  # changes nothing
         ],
         "test-run",
     )
@@ -219,7 +219,7 @@ def test_unmapped_organizations_lists_billed_organizations_the_psa_does_not_map(
     # a later fetch that maps o_c replaces p_0001's mappings
     mappings.store(
         con,
-        [mappings.MappingFetch("p_0001", mappings.LINKED, (("o_c", "autotask", "1", "C"),))],
+        [mappings.MappingFetch("p_0001", MappingStatus.LINKED, (("o_c", "autotask", "1", "C"),))],
         "test-run-2",
     )
     left = con.execute(
