@@ -21,7 +21,7 @@ import duckdb
 from bullphish_billing import stages
 from bullphish_billing.dates import check_usage_date
 from bullphish_billing.errors import UsageError
-from bullphish_billing.results import DONE
+from bullphish_billing.results import DONE, BatchStatus
 from bullphish_billing.settings import Settings
 from bullphish_billing.warehouse.db import fetch_all
 
@@ -125,12 +125,17 @@ def completed_dates(
         FROM wanted w LEFT JOIN latest l USING (usage_date, partner_id)
         WHERE w.usage_date IN (SELECT usage_date FROM raw.partners)
           AND w.usage_date NOT IN (
-              SELECT usage_date FROM ops.outbox WHERE status = 'pending')
+              SELECT usage_date FROM ops.outbox WHERE status = $pending)
           AND w.usage_date NOT IN (
               SELECT usage_date FROM ops.quarantine WHERE entity = 'partner')
         GROUP BY w.usage_date
         HAVING bool_and(coalesce(list_contains($done, l.status), false))
         """,
-        {"days": days, "partners": partner_ids or None, "done": sorted(DONE)},
+        {
+            "days": days,
+            "partners": partner_ids or None,
+            "done": sorted(DONE),
+            "pending": str(BatchStatus.PENDING),
+        },
     )
     return {r[0] for r in rows}

@@ -38,9 +38,11 @@ from bullphish_billing.clients import (
     KaseyaOneClient,
 )
 from bullphish_billing.crashpoints import crashpoint
+from bullphish_billing.results import BatchStatus
 from bullphish_billing.warehouse.db import fetch_all, transaction
 
 log = logging.getLogger(__name__)
+PENDING = str(BatchStatus.PENDING)
 
 MODULE = "bullphish-id"
 MAX_BATCH = 1000
@@ -131,12 +133,12 @@ def plan(
             """
             INSERT INTO ops.outbox (idempotency_key, usage_date, partner_id, batch_no,
                 payload, metrics, status, attempts, created_at, run_id)
-            SELECT idempotency_key, ?, partner_id, batch_no, payload, metrics, 'pending', 0,
+            SELECT idempotency_key, ?, partner_id, batch_no, payload, metrics, ?, 0,
                    now(), ?
             FROM planned
             ON CONFLICT DO NOTHING
             """,
-            [usage_date, run_id],
+            [usage_date, PENDING, run_id],
         )
         con.unregister("planned")
     return len(outbox)
@@ -184,10 +186,10 @@ def _last_settled_keys(
         SELECT partner_id,
                arg_max(idempotency_key, (answered_at, batch_no)) AS key
         FROM ops.outbox
-        WHERE usage_date = $d AND list_contains($p, partner_id) AND status <> 'pending'
+        WHERE usage_date = $d AND list_contains($p, partner_id) AND status <> $pending
         GROUP BY partner_id
         """,
-        {"d": usage_date, "p": partner_ids},
+        {"d": usage_date, "p": partner_ids, "pending": PENDING},
     )
     return dict(rows)
 
@@ -200,10 +202,10 @@ def pending_batches(
         con,
         """
         SELECT idempotency_key, usage_date, partner_id, payload::VARCHAR FROM ops.outbox
-        WHERE status = 'pending' AND ($p IS NULL OR list_contains($p, partner_id))
+        WHERE status = $pending AND ($p IS NULL OR list_contains($p, partner_id))
         ORDER BY created_at, usage_date, partner_id, batch_no
         """,
-        {"p": partner_ids},
+        {"p": partner_ids, "pending": PENDING},
     )
     return rows
 
@@ -212,8 +214,9 @@ def pending_partner_dates(con: duckdb.DuckDBPyConnection) -> list[tuple[dt.date,
     """Partner-dates with batches still pending: (usage_date, partner_id, batches)."""
     return fetch_all(
         con,
-        "SELECT usage_date, partner_id, count(*) FROM ops.outbox WHERE status = 'pending' "
+        "SELECT usage_date, partner_id, count(*) FROM ops.outbox WHERE status = ? "
         "GROUP BY ALL ORDER BY ALL",
+        [PENDING],
     )
 
 
@@ -294,9 +297,9 @@ def _mark_attempt(con: duckdb.DuckDBPyConnection, key: str) -> None:
 
 def _record_failure(con: duckdb.DuckDBPyConnection, key: str, exc: ApiError) -> None:
     con.execute(
-        "UPDATE ops.outbox SET status = 'failed', http_status = ?, error = ?, "
+        "UPDATE ops.outbox SET status = ?, http_status = ?, error = ?, "
         "answered_at = now() WHERE idempotency_key = ?",
-        [exc.status, str(exc), key],
+        [str(BatchStatus.FAILED), exc.status, str(exc), key],
     )
 
 
@@ -339,11 +342,12 @@ def _record_answers(con: duckdb.DuckDBPyConnection, answers: list[_Answer]) -> N
         con.execute(
             """
             UPDATE ops.outbox AS o
-            SET status = 'acknowledged', http_status = a.http_status, accepted = a.accepted,
+            SET status = ?, http_status = a.http_status, accepted = a.accepted,
                 rejected = a.rejected, replayed = a.replayed, error = NULL, answered_at = now()
             FROM answered_batches AS a
             WHERE o.idempotency_key = a.idempotency_key
-            """
+            """,
+            [str(BatchStatus.ACKNOWLEDGED)],
         )
         con.unregister("answered_batches")
         con.register("answered", metrics)
