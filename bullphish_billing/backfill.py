@@ -22,7 +22,7 @@ from bullphish_billing import stages
 from bullphish_billing.dates import check_usage_date
 from bullphish_billing.errors import UsageError
 from bullphish_billing.results import DONE, BatchStatus
-from bullphish_billing.settings import Settings
+from bullphish_billing.run_context import RunContext
 from bullphish_billing.warehouse.db import fetch_all
 
 DEFAULT_CONCURRENCY = 2
@@ -51,12 +51,12 @@ def check_range(start: dt.date, end: dt.date, concurrency: int = DEFAULT_CONCURR
         raise BackfillRangeError(f"concurrency must be at least 1, got {concurrency}")
 
 
-def known_partners(settings: Settings, as_of: dt.date) -> set[str]:
+def known_partners(ctx: RunContext, as_of: dt.date) -> set[str]:
     """The partner ids BullPhish ID lists as of a date (the ids only, nothing stored)."""
 
     async def fetch() -> set[str]:
         found: set[str] = set()
-        async with stages.bullphish_client(settings) as client:
+        async with ctx.bullphish() as client:
             async for page in client.iter_partners(as_of):
                 found |= {
                     r["id"]
@@ -69,7 +69,7 @@ def known_partners(settings: Settings, as_of: dt.date) -> set[str]:
 
 
 def preflight(
-    settings: Settings,
+    ctx: RunContext,
     start: dt.date,
     end: dt.date,
     partner_ids: list[str] | None,
@@ -80,12 +80,12 @@ def preflight(
     configuration, both APIs' credentials, and the partners asked for (each must be listed
     by BullPhish ID as of the end date; a date on which one did not exist yet fails alone)."""
     check_range(start, end, concurrency)
-    settings.require_apis()
-    stages.check_bullphish(settings, end)
+    ctx.settings.require_apis()
+    stages.check_bullphish(ctx, end)
     if not dry_run:
-        stages.check_kaseyaone(settings)
+        stages.check_kaseyaone(ctx)
     if partner_ids:
-        stages.require_known(partner_ids, known_partners(settings, end), end)
+        stages.require_known(partner_ids, known_partners(ctx, end), end)
 
 
 def completed_dates(

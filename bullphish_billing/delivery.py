@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import duckdb
@@ -144,7 +145,9 @@ def plan(
     return len(outbox)
 
 
-def plan_interrupted(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
+def plan_interrupted(
+    con: duckdb.DuckDBPyConnection, run_id: str, *, leases: lease.RunLeases | None = None
+) -> int:
     """Plan what an earlier run computed but never wrote to the outbox (rule 9).
 
     That run died between computing a partner-date's metrics and planning them: it is not a
@@ -168,7 +171,6 @@ def plan_interrupted(con: duckdb.DuckDBPyConnection, run_id: str) -> int:
         {"run": run_id},
     )
     by_date: dict[dt.date, list[str]] = defaultdict(list)
-    leases = lease.current()
     for usage_date, partner_id in rows:
         # a run that holds the partner-date's lease is alive, not interrupted: its own to plan
         if leases is None or leases.free_or_ours(lease.partner_date(usage_date, partner_id)):
@@ -226,15 +228,18 @@ async def send_pending(
     *,
     partner_ids: list[str] | None = None,
     report: DeliveryReport | None = None,
+    leases: lease.RunLeases | None = None,
+    crash: Callable[[str], None] = crashpoint,
 ) -> DeliveryReport:
     """Send every pending batch and record the answers; partner-dates go side by side, the
-    batches of one partner-date one after another, oldest first."""
+    batches of one partner-date one after another, oldest first. With the run's `leases`, a
+    partner-date another live run holds is left to that run. `crash` is the crash-point hook
+    (crashpoints.py)."""
     report = report or DeliveryReport()
     answers: list[_Answer] = []
     groups: dict[tuple[dt.date, str], list[tuple[str, str]]] = defaultdict(list)
     for key, usage_date, partner_id, payload in pending_batches(con, partner_ids):
         groups[(usage_date, partner_id)].append((key, payload))
-    leases = lease.current()
 
     async def deliver(group: tuple[dt.date, str], batches: list[tuple[str, str]]) -> None:
         if leases is None:
@@ -272,7 +277,7 @@ async def send_pending(
                 report.errors[group] = str(exc)
                 report.pending[group] += len(batches) - position
                 return
-            crashpoint("after-send")  # a crash here leaves the batch pending: re-sent, replayed
+            crash("after-send")  # a crash here leaves the batch pending: re-sent, replayed
             answers.append(
                 _Answer(
                     key, payload, result.status, result.accepted, result.rejected, result.replayed
@@ -282,7 +287,7 @@ async def send_pending(
             report.replays += int(result.replayed)
             report.sent[group] += len(payload["metrics"])
             report.rejected[group] += len(result.rejected)
-            crashpoint("between-batches")
+            crash("between-batches")
 
     try:
         await asyncio.gather(*(deliver(g, b) for g, b in groups.items()))

@@ -10,7 +10,6 @@ docs/decisions/2026-11-25-partner-date-leases-by-flock.md.
 
 from __future__ import annotations
 
-import contextvars
 import datetime as dt
 import errno
 import fcntl
@@ -224,26 +223,14 @@ class RunLeases:
             return ok
 
 
-_CURRENT: contextvars.ContextVar[RunLeases | None] = contextvars.ContextVar(
-    "bullphish_billing_run_leases", default=None
-)
-
-
-def current() -> RunLeases | None:
-    """The leases of the run this code runs in (None outside a leased run)."""
-    return _CURRENT.get()
-
-
 @contextmanager
 def run_leases(warehouse: Path | str, run_id: str) -> Iterator[RunLeases]:
     """The leases of a run, for its whole length; every lease is given back at the end, and
     the kernel gives them back if the process dies."""
     leases = RunLeases(warehouse, run_id)
-    token = _CURRENT.set(leases)
     try:
         yield leases
     finally:
-        _CURRENT.reset(token)
         leases.release_all()
 
 

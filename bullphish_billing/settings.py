@@ -10,13 +10,11 @@ import os
 import stat
 import sys
 import threading
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
-    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -61,8 +59,8 @@ class Settings(BaseSettings):
         10800.0,
         alias="BILLING_RUN_DEADLINE_S",
         gt=0,
-        description="Longest time a run may spend on API requests, counted from the moment "
-        "its settings are loaded (the start of the run). Past it, no request is started and "
+        description="Longest time a run may spend on API requests, counted from the start "
+        "of the run (its context, run_context.py). Past it, no request is started and "
         "a request on the wire is cut: what is not extracted is failed, what is not sent stays "
         "pending for the next run.",
     )
@@ -110,10 +108,6 @@ class Settings(BaseSettings):
         description="Largest response body, as inflated (gzip), in MiB; a larger one fails "
         "its partner-date unread.",
     )
-    # time.monotonic() when these settings were loaded: the run's clock. A private attribute,
-    # so no environment variable can set it; Prefect keeps it when it hands the settings to
-    # the run's tasks (in this process: the clock means nothing in another one).
-    _loaded_at: float = PrivateAttr(default_factory=time.monotonic)
     notable_change: float = Field(
         0.2,
         alias="BILLING_NOTABLE_CHANGE",
@@ -182,10 +176,6 @@ class Settings(BaseSettings):
     def analytics_path(self) -> Path:
         """Where the analysts' copy of the warehouse is published."""
         return self.analytics_file or self.warehouse.with_name("analytics.duckdb")
-
-    def run_deadline(self) -> float:
-        """The time.monotonic() instant after which this run sends no more API requests."""
-        return self._loaded_at + self.run_deadline_s
 
     def require_apis(self) -> None:
         """Raise ConfigurationError naming every missing variable the APIs need."""

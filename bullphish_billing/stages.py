@@ -1,86 +1,34 @@
 """The stages of a daily run as plain, typed functions; the Prefect tasks wrap these.
 
-Each stage opens what it needs (the warehouse for a short while, an API client) from the
-settings it is given and closes it before returning, so the stages can be retried, tested and
-timed one by one.
+Each stage takes the run's context (run_context.py) and opens what it needs from it (the
+warehouse for a short while, an API client), closing it before returning, so the stages can be
+retried, tested and timed one by one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from bullphish_billing import billing_rules, delivery, mappings, notable, publish
-from bullphish_billing.clients import (
-    BullPhishClient,
-    FinalApiError,
-    KaseyaOneClient,
-    ListBudget,
-    RetryPolicy,
-)
-from bullphish_billing.crashpoints import crashpoint
+from bullphish_billing import billing_rules, delivery, lease, mappings, notable, outcomes, publish
+from bullphish_billing.clients import FinalApiError
 from bullphish_billing.errors import ConfigurationError, UnknownPartnerError
 from bullphish_billing.extract import ExtractResult, extract_partner_list, extract_partners
-from bullphish_billing.results import Evaluation, PartnerDecision
-from bullphish_billing.settings import Settings
-from bullphish_billing.warehouse.db import fetch_value, open_warehouse
+from bullphish_billing.reporting import unattributed_quarantine
+from bullphish_billing.results import Evaluation, PartnerDecision, RunSummary
+from bullphish_billing.run_context import RunContext
+from bullphish_billing.warehouse.db import fetch_value
 
 
-def bullphish_client(settings: Settings) -> BullPhishClient:
-    settings.require_apis()
-    return BullPhishClient(
-        str(settings.bullphish_api_url),
-        settings.bullphish_api_token,  # type: ignore[arg-type]
-        page_limit=settings.page_limit,
-        max_connections=settings.max_connections,
-        retry=_retry(settings),
-        **_bounds(settings),
-    )
-
-
-def _bounds(settings: Settings) -> dict:
-    """What a server may make a client hold or spend: per response, per list."""
-    return {
-        "max_body_bytes": int(settings.max_response_mb * 1024 * 1024),
-        "list_budget": ListBudget(
-            max_records=settings.max_list_records,
-            max_empty_pages=settings.list_empty_pages,
-            spare_pages=settings.list_spare_pages,
-            deadline_s=settings.list_deadline_s,
-            run_deadline=settings.run_deadline(),
-        ),
-    }
-
-
-def _retry(settings: Settings) -> RetryPolicy:
-    deadline = settings.http_deadline_s
-    return RetryPolicy(
-        request_deadline_s=deadline,
-        connect_timeout_s=min(5.0, deadline),
-        read_timeout_s=min(30.0, deadline),
-        run_deadline=settings.run_deadline(),
-    )
-
-
-def kaseyaone_client(settings: Settings) -> KaseyaOneClient:
-    settings.require_apis()
-    return KaseyaOneClient(
-        str(settings.kaseyaone_api_url),
-        str(settings.kaseyaone_client_id),
-        settings.kaseyaone_client_secret,  # type: ignore[arg-type]
-        retry=_retry(settings),
-        **_bounds(settings),
-    )
-
-
-def check_bullphish(settings: Settings, usage_date: dt.date) -> None:
+# -- before any work -----------------------------------------------------------------------
+def check_bullphish(ctx: RunContext, usage_date: dt.date) -> None:
     """Read the first page of partners: a 401 means the token is wrong (a configuration
     error); anything else is left to extraction, which reports it per partner-date."""
 
     async def probe() -> None:
-        async with bullphish_client(settings) as client:
+        async with ctx.bullphish() as client:
             pages = client.iter_partners(usage_date)
             try:
                 await anext(pages)
@@ -99,19 +47,50 @@ def check_bullphish(settings: Settings, usage_date: dt.date) -> None:
         return
 
 
-def list_partners(settings: Settings, usage_date: dt.date, run_id: str) -> list[PartnerDecision]:
+def check_kaseyaone(ctx: RunContext) -> None:
+    """Fetch a KaseyaOne token: a 401 means the client credentials are wrong (exit 2).
+    Transient trouble is left to delivery, which keeps the batches pending."""
+
+    async def probe() -> None:
+        async with ctx.kaseyaone() as client:
+            await client.list_billing_types()
+
+    try:
+        asyncio.run(probe())
+    except FinalApiError as exc:
+        if exc.status in (400, 401):
+            raise ConfigurationError(
+                f"KaseyaOne refused KASEYAONE_CLIENT_ID/KASEYAONE_CLIENT_SECRET "
+                f"({exc.status} {exc.code})"
+            ) from None
+        raise
+    except Exception:  # noqa: BLE001 - down or flaky: delivery will say so, batch by batch
+        return
+
+
+def start(ctx: RunContext, usage_date: dt.date, dry_run: bool) -> None:
+    """Everything that can refuse the run before it bills anything (the configuration, both
+    APIs' credentials: exit 2), then the run's row in `ops.runs`."""
+    ctx.settings.require_apis()
+    check_bullphish(ctx, usage_date)
+    if not dry_run:
+        check_kaseyaone(ctx)
+    with ctx.warehouse() as con:
+        outcomes.start_run(con, ctx.run_id, usage_date, dry_run)
+
+
+# -- the partners --------------------------------------------------------------------------
+def list_partners(ctx: RunContext, usage_date: dt.date) -> list[PartnerDecision]:
     """Extract the partner list and decide, per partner, billable / skipped / held (rule 1)."""
 
     async def fetch() -> None:
-        async with bullphish_client(settings) as client:
-            with open_warehouse(
-                settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s
-            ) as con:
-                await extract_partner_list(client, con, usage_date, run_id)
+        async with ctx.bullphish() as client:
+            with ctx.warehouse() as con:
+                await extract_partner_list(client, con, usage_date, ctx.run_id)
 
     asyncio.run(fetch())
-    with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
-        return billing_rules.decide_partners(con, usage_date, run_id)
+    with ctx.warehouse() as con:
+        return billing_rules.decide_partners(con, usage_date, ctx.run_id)
 
 
 def select_partners(
@@ -131,149 +110,161 @@ def require_known(asked: Iterable[str], known: set[str], as_of: dt.date) -> None
         raise UnknownPartnerError.of(unknown, len(known), as_of)
 
 
+# -- one date's partner-dates --------------------------------------------------------------
 def extract(
-    settings: Settings, usage_date: dt.date, partner_ids: list[str], run_id: str
+    ctx: RunContext,
+    usage_date: dt.date,
+    partner_ids: list[str],
+    left_to_others: Mapping[str, str] | None = None,
 ) -> dict[str, ExtractResult]:
-    """Extract organizations and targets of each partner-date into the warehouse."""
+    """Extract organizations and targets of each partner-date into the warehouse. The
+    partner-dates in `left_to_others` (another run holds them: the reason why) are not
+    extracted, and come back as failed with that reason."""
 
     async def fetch() -> dict[str, ExtractResult]:
-        async with bullphish_client(settings) as client:
-            with open_warehouse(
-                settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s
-            ) as con:
+        async with ctx.bullphish() as client:
+            with ctx.warehouse() as con:
                 return await extract_partners(
                     client,
                     con,
                     usage_date,
                     partner_ids,
-                    run_id,
-                    concurrency=max(1, settings.max_connections // 2),
-                    max_unwritten_records=settings.max_list_records,
+                    ctx.run_id,
+                    concurrency=max(1, ctx.settings.max_connections // 2),
+                    max_unwritten_records=ctx.settings.max_list_records,
                 )
 
-    if not partner_ids:
-        return {}
-    return asyncio.run(fetch())
+    results = asyncio.run(fetch()) if partner_ids else {}
+    for partner_id, reason in (left_to_others or {}).items():
+        results[partner_id] = ExtractResult(partner_id, 0, 0, 0, error=reason)
+    return results
 
 
-def evaluate(
-    settings: Settings, usage_date: dt.date, partner_ids: list[str], run_id: str
-) -> dict[str, Evaluation]:
+def evaluate(ctx: RunContext, usage_date: dt.date, partner_ids: list[str]) -> dict[str, Evaluation]:
     """Apply the billing rules and store the partner-dates' metrics."""
-    with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
+    with ctx.warehouse() as con:
         return billing_rules.evaluate(
-            con, usage_date, partner_ids, hold_threshold=settings.hold_threshold, run_id=run_id
+            con,
+            usage_date,
+            partner_ids,
+            hold_threshold=ctx.settings.hold_threshold,
+            run_id=ctx.run_id,
         )
 
 
+def notable_changes(
+    ctx: RunContext, usage_date: dt.date, partner_ids: list[str]
+) -> list[notable.NotableChange]:
+    """Detect and store the partner-dates' notable changes against the previous day."""
+    with ctx.warehouse() as con:
+        return notable.detect(
+            con,
+            usage_date,
+            partner_ids,
+            min_share=ctx.settings.notable_change,
+            min_users=ctx.settings.notable_min_users,
+            run_id=ctx.run_id,
+        )
+
+
+# -- delivery ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DeliveryOutcome:
     report: delivery.DeliveryReport
     planned_batches: int
 
 
-def deliver(
-    settings: Settings,
-    usage_date: dt.date | None,
-    partner_ids: list[str],
-    run_id: str,
-    *,
-    force: bool = False,
+def deliver_earlier(ctx: RunContext) -> DeliveryOutcome:
+    """Deliver what earlier runs left (rule 9, first thing of a run): what a run that died
+    before planning had computed is planned, then every pending batch is sent."""
+    with ctx.warehouse() as con:
+        planned = delivery.plan_interrupted(con, ctx.run_id, leases=ctx.leases)
+    return DeliveryOutcome(report=_send_pending(ctx), planned_batches=planned)
+
+
+def deliver_date(
+    ctx: RunContext, usage_date: dt.date, partner_ids: list[str], *, force: bool = False
 ) -> DeliveryOutcome:
     """Plan the partner-dates' changed metrics into the outbox (with `force`, every current
-    metric), then send every pending batch (earlier runs' first). With `usage_date` None, only
-    what earlier runs left is sent: their pending batches, and what a run that died before
-    planning had computed."""
-
-    async def send() -> delivery.DeliveryReport:
-        async with kaseyaone_client(settings) as client:
-            with open_warehouse(
-                settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s
-            ) as con:
-                return await delivery.send_pending(client, con)
-
+    metric), then send every pending batch, and count the metrics KaseyaOne rejects."""
     planned = 0
-    if usage_date is not None and partner_ids:
-        crashpoint("after-compute")
-        with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
-            planned = delivery.plan(con, usage_date, partner_ids, run_id, force=force)
-        crashpoint("after-plan")
-    elif usage_date is None:
-        with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
-            planned = delivery.plan_interrupted(con, run_id)
-    with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
-        anything = bool(delivery.pending_batches(con))
-    report = asyncio.run(send()) if anything else delivery.DeliveryReport()
-    if usage_date is not None and partner_ids:
-        with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
+    if partner_ids:
+        ctx.crashpoint("after-compute")
+        with ctx.warehouse() as con:
+            planned = delivery.plan(con, usage_date, partner_ids, ctx.run_id, force=force)
+        ctx.crashpoint("after-plan")
+    report = _send_pending(ctx)
+    if partner_ids:
+        with ctx.warehouse() as con:
             for partner_id, n in delivery.standing_rejections(con, usage_date, partner_ids).items():
                 report.rejected[(usage_date, partner_id)] = n
     return DeliveryOutcome(report=report, planned_batches=planned)
 
 
-def check_kaseyaone(settings: Settings) -> None:
-    """Fetch a KaseyaOne token: a 401 means the client credentials are wrong (exit 2).
-    Transient trouble is left to delivery, which keeps the batches pending."""
+def _send_pending(ctx: RunContext) -> delivery.DeliveryReport:
+    """Send every pending batch (oldest first) over one KaseyaOne client."""
+    with ctx.warehouse() as con:
+        if not delivery.pending_batches(con):
+            return delivery.DeliveryReport()
 
-    async def probe() -> None:
-        async with kaseyaone_client(settings) as client:
-            await client.list_billing_types()
+    async def send() -> delivery.DeliveryReport:
+        async with ctx.kaseyaone() as client:
+            with ctx.warehouse() as con:
+                return await delivery.send_pending(
+                    client, con, leases=ctx.leases, crash=ctx.crashpoint
+                )
 
-    try:
-        asyncio.run(probe())
-    except FinalApiError as exc:
-        if exc.status in (400, 401):
-            raise ConfigurationError(
-                f"KaseyaOne refused KASEYAONE_CLIENT_ID/KASEYAONE_CLIENT_SECRET "
-                f"({exc.status} {exc.code})"
-            ) from None
-        raise
-    except Exception:  # noqa: BLE001 - down or flaky: delivery will say so, batch by batch
-        return
+    return asyncio.run(send())
 
 
-def fetch_mappings(settings: Settings, partner_ids: list[str]) -> list[mappings.MappingFetch]:
+# -- after delivery ------------------------------------------------------------------------
+def fetch_mappings(ctx: RunContext, partner_ids: list[str]) -> list[mappings.MappingFetch]:
     """The partners' organization mappings from KaseyaOne, a few side by side over one client
     and one token (a 404 means not linked: normal), holding at most BILLING_MAX_LIST_RECORDS
     mappings in all. A partner whose fetch failed is returned as a `failed` fetch, so that its
     previous mappings stay."""
 
     async def fetch_all() -> list[mappings.MappingFetch]:
-        async with kaseyaone_client(settings) as client:
+        async with ctx.kaseyaone() as client:
             return await mappings.fetch_all(
-                client, partner_ids, max_mappings=settings.max_list_records
+                client, partner_ids, max_mappings=ctx.settings.max_list_records
             )
 
     return asyncio.run(fetch_all()) if partner_ids else []
 
 
-def store_mappings(settings: Settings, fetches: list[mappings.MappingFetch], run_id: str) -> int:
+def store_mappings(ctx: RunContext, fetches: list[mappings.MappingFetch]) -> int:
     """Store the fetched mappings (failed fetches keep the partner's previous ones)."""
-    with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
-        return mappings.store(con, fetches, run_id)
+    with ctx.warehouse() as con:
+        return mappings.store(con, fetches, ctx.run_id)
 
 
-def notable_changes(
-    settings: Settings, usage_date: dt.date, partner_ids: list[str], run_id: str
-) -> list[notable.NotableChange]:
-    """Detect and store the partner-dates' notable changes against the previous day."""
-    with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
-        return notable.detect(
-            con,
-            usage_date,
-            partner_ids,
-            min_share=settings.notable_change,
-            min_users=settings.notable_min_users,
-            run_id=run_id,
-        )
+def finish(ctx: RunContext, summary: RunSummary) -> RunSummary:
+    """Complete the summary with what the warehouse knows (batches still pending, partner
+    records nobody's run log shows) and record the run log (`ops.partner_runs`)."""
+    with ctx.warehouse() as con:
+        summary.still_pending = 0 if summary.dry_run else _still_pending(ctx, con)
+        summary.notes = unattributed_quarantine(con, summary.usage_date)
+        outcomes.record(con, summary)
+    return summary
 
 
-def publish_analytics(settings: Settings, run_id: str) -> publish.PublishResult | None:
+def _still_pending(ctx: RunContext, con) -> int:
+    """Batches left pending, except those of partner-dates another live run holds (that run
+    sends them: they are no problem of this run)."""
+    return sum(
+        n
+        for usage_date, partner_id, n in delivery.pending_partner_dates(con)
+        if ctx.leases.free_or_ours(lease.partner_date(usage_date, partner_id))
+    )
+
+
+def publish_analytics(ctx: RunContext) -> publish.PublishResult | None:
     """Publish the analysts' file after a run that started (None if it never did: a
     configuration or input error before any work)."""
-    if not settings.warehouse.exists():
+    if not ctx.settings.warehouse.exists():
         return None
-    with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
-        if not fetch_value(con, "SELECT count(*) FROM ops.runs WHERE run_id = ?", [run_id]):
+    with ctx.warehouse() as con:
+        if not fetch_value(con, "SELECT count(*) FROM ops.runs WHERE run_id = ?", [ctx.run_id]):
             return None
-        return publish.publish(con, settings.analytics_path)
+        return publish.publish(con, ctx.settings.analytics_path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import uuid
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -15,14 +16,16 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from bullphish_billing import backfill as rules
 from bullphish_billing import backfill_runner as runner
+from bullphish_billing import lease
 from bullphish_billing.errors import UserError
 from bullphish_billing.results import BackfillSummary, DateResult, DateStatus
+from bullphish_billing.run_context import RunContext
 from bullphish_billing.settings import load_settings
-from bullphish_billing.warehouse.db import open_warehouse
 from flows.daily_billing import daily_billing
 
 
@@ -42,11 +45,12 @@ def backfill(
     log = get_run_logger()
     try:
         settings = load_settings()
-        rules.preflight(settings, start, end, partner_ids, dry_run, concurrency)
+        # the backfill's own context, for its checks; each date's run builds its own
+        run_id = str(flow_run.get_id() or uuid.uuid4())
+        ctx = RunContext.start(settings, run_id, lease.RunLeases(settings.warehouse, run_id))
+        rules.preflight(ctx, start, end, partner_ids, dry_run, concurrency)
         days = rules.date_range(start, end)
-        with open_warehouse(
-            settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s
-        ) as con:  # also creates it before the threads
+        with ctx.warehouse() as con:  # also creates it before the threads
             done = set() if dry_run or force else rules.completed_dates(con, days, partner_ids)
     except UserError as exc:
         log.error("%s", exc)

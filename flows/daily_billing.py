@@ -13,7 +13,6 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from bullphish_billing import (
-    delivery,
     lease,
     notable,
     outcomes,
@@ -22,10 +21,9 @@ from bullphish_billing import (
 )
 from bullphish_billing.dates import yesterday_utc
 from bullphish_billing.errors import UserError
-from bullphish_billing.extract import ExtractResult
-from bullphish_billing.results import Decision
+from bullphish_billing.results import Decision, RunSummary
+from bullphish_billing.run_context import RunContext
 from bullphish_billing.settings import load_settings
-from bullphish_billing.warehouse.db import open_warehouse
 from tasks import billing
 
 
@@ -43,7 +41,7 @@ def daily_billing(
     dry_run: bool = False,
     force: bool = False,
     lease_wait_s: float = lease.DEFAULT_WAIT_S,
-) -> outcomes.RunSummary:
+) -> RunSummary:
     """Bill one usage date (default: yesterday, UTC): extract, validate, aggregate, deliver.
 
     Configuration comes from the environment (never from parameters, which Prefect stores).
@@ -54,46 +52,43 @@ def daily_billing(
     day = usage_date or yesterday_utc()
     run_id = str(flow_run.get_id() or uuid.uuid4())
     reports: list[PrefectFuture[None]] = []
+    ctx: RunContext | None = None
     try:
-        with lease.run_leases(load_settings().warehouse, run_id) as leases:
-            return _bill(day, partner_ids, dry_run, run_id, leases, force, lease_wait_s, reports)
+        settings = load_settings()
+        with lease.run_leases(settings.warehouse, run_id) as leases:
+            ctx = RunContext.start(settings, run_id, leases)
+            return _bill(ctx, day, partner_ids, dry_run, force, lease_wait_s, reports)
     except UserError as exc:
         # bad configuration or input: fail the run with a one-line message, no traceback
         get_run_logger().error("%s", exc)
         return Failed(message=str(exc), data=exc)
     finally:
         # the analysts' file, after every run that started, however it ended
-        billing.publish(day, run_id, return_state=True)
+        billing.publish(ctx, day, return_state=True)
         wait(reports)  # the per-partner artifacts, written meanwhile by the Prefect API
 
 
 def _bill(
+    ctx: RunContext,
     day: dt.date,
     partner_ids: list[str] | None,
     dry_run: bool,
-    run_id: str,
-    leases: lease.RunLeases,
     force: bool,
     lease_wait_s: float,
     reports: list[PrefectFuture[None]],
-) -> outcomes.RunSummary:
+) -> RunSummary:
     """The run after its leases are taken. The per-partner report tasks it starts are added
     to `reports` for the caller to wait for (after publishing: the two overlap)."""
     log = get_run_logger()
-    settings = load_settings()
-    settings.require_apis()
+    leases = ctx.leases
     # configuration and input problems surface here, before any work (exit 2)
-    stages.check_bullphish(settings, day)
-    if not dry_run:
-        stages.check_kaseyaone(settings)
-    with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
-        outcomes.start_run(con, run_id, day, dry_run)
+    stages.start(ctx, day, dry_run)
 
     def waiting(key: lease.Key, holder: str) -> None:
         log.warning("waiting for the %s: %s is billing it", key, holder)
 
     with leases.holding(lease.partner_list(day), wait_s=lease_wait_s, on_wait=waiting):
-        listed = billing.list_partners(settings, day, run_id)
+        listed = billing.list_partners(ctx, day)
     decisions = stages.select_partners(listed, partner_ids, day)
     billable = [d.partner_id for d in decisions if d.decision == Decision.BILLABLE]
     log.info(
@@ -113,28 +108,26 @@ def _bill(
     billable = [p for p in billable if p not in busy]
     earlier = None
     if not dry_run:
-        earlier = billing.deliver_pending(settings, run_id)  # rule 9: what a crash left first
-    extracts = billing.extract(settings, day, billable, run_id)
-    extracts |= {p: ExtractResult(p, 0, 0, 0, error=reason) for p, reason in busy.items()}
+        earlier = billing.deliver_pending(ctx)  # rule 9: what a crash left first
+    extracts = billing.extract(ctx, day, billable, busy)
     extracted = [p for p, r in extracts.items() if not r.error]
-    evaluations = billing.evaluate(settings, day, sorted(extracted), run_id)
+    evaluations = billing.evaluate(ctx, day, sorted(extracted))
     computed = sorted(p for p, e in evaluations.items() if not e.held)
-    changes = billing.notable_changes(settings, day, computed, run_id)
+    changes = billing.notable_changes(ctx, day, computed)
     report = None
     if not dry_run:
-        report = billing.deliver(settings, day, computed, run_id, force=force).report
+        report = billing.deliver(ctx, day, computed, force=force).report
 
-    summary = outcomes.RunSummary(
-        run_id=run_id,
-        usage_date=day,
-        dry_run=dry_run,
-        outcomes=outcomes.combine(day, decisions, extracts, evaluations, report, dry_run),
-        earlier_batches_sent=earlier.report.batches_sent if earlier else 0,
+    summary = stages.finish(
+        ctx,
+        RunSummary(
+            run_id=ctx.run_id,
+            usage_date=day,
+            dry_run=dry_run,
+            outcomes=outcomes.combine(day, decisions, extracts, evaluations, report, dry_run),
+            earlier_batches_sent=earlier.report.batches_sent if earlier else 0,
+        ),
     )
-    with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
-        summary.still_pending = 0 if dry_run else _still_pending(con, leases)
-        summary.notes = reporting.unattributed_quarantine(con, day)
-        outcomes.record(con, summary)
     create_table_artifact(
         key=f"billing-{day.isoformat()}",
         table=reporting.artifact_rows(summary),
@@ -148,7 +141,10 @@ def _bill(
     create_markdown_artifact(
         key=f"notable-changes-{day.isoformat()}",
         markdown=notable.markdown(
-            changes, day, min_share=settings.notable_change, min_users=settings.notable_min_users
+            changes,
+            day,
+            min_share=ctx.settings.notable_change,
+            min_users=ctx.settings.notable_min_users,
         ),
         description=f"Per-user counts that moved, modules switched, on {day}",
     )
@@ -161,18 +157,8 @@ def _bill(
         unmapped(changes),
     )
     if not dry_run:  # the organization mappings only inform analysts: they come last
-        fetched = billing.fetch_mappings(settings, day, computed)
+        fetched = billing.fetch_mappings(ctx, day, computed)
         with leases.holding(lease.organization_mappings(), wait_s=lease_wait_s):
-            billing.store_mappings(settings, day, fetched, run_id)  # shared by every date
+            billing.store_mappings(ctx, day, fetched)  # shared by every date
     log.info("%s", summary.one_line())
     return summary
-
-
-def _still_pending(con, leases: lease.RunLeases) -> int:
-    """Batches left pending, except those of partner-dates another live run holds (that run
-    sends them: they are no problem of this run)."""
-    return sum(
-        n
-        for usage_date, partner_id, n in delivery.pending_partner_dates(con)
-        if leases.free_or_ours(lease.partner_date(usage_date, partner_id))
-    )

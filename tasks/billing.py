@@ -24,7 +24,7 @@ from bullphish_billing.extract import ExtractResult
 from bullphish_billing.notable import NotableChange
 from bullphish_billing.publish import PublishError, PublishResult
 from bullphish_billing.results import Evaluation, MappingStatus, PartnerDecision, PartnerOutcome
-from bullphish_billing.settings import ConfigurationError, Settings, load_settings
+from bullphish_billing.run_context import RunContext
 from bullphish_billing.text import bounded, shown
 from bullphish_billing.warehouse.db import WarehouseError
 
@@ -49,13 +49,13 @@ def _worth_retrying(task: object, task_run: object, state: State) -> bool:
     retry_delay_seconds=[10, 60],
     retry_condition_fn=_worth_retrying,
 )
-def list_partners(settings: Settings, usage_date: dt.date, run_id: str) -> list[PartnerDecision]:
-    return stages.list_partners(settings, usage_date, run_id)
+def list_partners(ctx: RunContext, usage_date: dt.date) -> list[PartnerDecision]:
+    return stages.list_partners(ctx, usage_date)
 
 
 @task(name="deliver-pending", cache_policy=NO_CACHE)
-def deliver_pending(settings: Settings, run_id: str) -> stages.DeliveryOutcome:
-    return stages.deliver(settings, None, [], run_id)
+def deliver_pending(ctx: RunContext) -> stages.DeliveryOutcome:
+    return stages.deliver_earlier(ctx)
 
 
 @task(
@@ -67,45 +67,42 @@ def deliver_pending(settings: Settings, run_id: str) -> stages.DeliveryOutcome:
     retry_condition_fn=_worth_retrying,
 )
 def extract(
-    settings: Settings, usage_date: dt.date, partner_ids: list[str], run_id: str
+    ctx: RunContext,
+    usage_date: dt.date,
+    partner_ids: list[str],
+    left_to_others: dict[str, str] | None = None,
 ) -> dict[str, ExtractResult]:
-    return stages.extract(settings, usage_date, partner_ids, run_id)
+    return stages.extract(ctx, usage_date, partner_ids, left_to_others)
 
 
 @task(name="evaluate", task_run_name="evaluate-{usage_date}", cache_policy=NO_CACHE)
-def evaluate(
-    settings: Settings, usage_date: dt.date, partner_ids: list[str], run_id: str
-) -> dict[str, Evaluation]:
-    return stages.evaluate(settings, usage_date, partner_ids, run_id)
+def evaluate(ctx: RunContext, usage_date: dt.date, partner_ids: list[str]) -> dict[str, Evaluation]:
+    return stages.evaluate(ctx, usage_date, partner_ids)
 
 
 @task(name="deliver", task_run_name="deliver-{usage_date}", cache_policy=NO_CACHE)
 def deliver(
-    settings: Settings,
-    usage_date: dt.date,
-    partner_ids: list[str],
-    run_id: str,
-    force: bool = False,
+    ctx: RunContext, usage_date: dt.date, partner_ids: list[str], force: bool = False
 ) -> stages.DeliveryOutcome:
-    return stages.deliver(settings, usage_date, partner_ids, run_id, force=force)
+    return stages.deliver_date(ctx, usage_date, partner_ids, force=force)
 
 
 @task(name="notable-changes", task_run_name="notable-changes-{usage_date}", cache_policy=NO_CACHE)
 def notable_changes(
-    settings: Settings, usage_date: dt.date, partner_ids: list[str], run_id: str
+    ctx: RunContext, usage_date: dt.date, partner_ids: list[str]
 ) -> list[NotableChange]:
-    return stages.notable_changes(settings, usage_date, partner_ids, run_id)
+    return stages.notable_changes(ctx, usage_date, partner_ids)
 
 
 @task(name="mappings", task_run_name="mappings-{usage_date}", cache_policy=NO_CACHE)
 def fetch_mappings(
-    settings: Settings, usage_date: dt.date, partner_ids: list[str]
+    ctx: RunContext, usage_date: dt.date, partner_ids: list[str]
 ) -> list[mappings.MappingFetch]:
     """The partners' organization mappings, side by side over one client. They only inform
     analysts, so nothing here may fail the run: a failure is logged, the previous mappings
     stay."""
     try:
-        fetches = stages.fetch_mappings(settings, partner_ids)
+        fetches = stages.fetch_mappings(ctx, partner_ids)
     except Exception as exc:  # noqa: BLE001 - informational: never fails the run
         error = bounded(str(exc))
         fetches = [mappings.MappingFetch(p, MappingStatus.FAILED, error=error) for p in partner_ids]
@@ -137,21 +134,20 @@ def report_partner(
 
 @task(name="store-mappings", task_run_name="store-mappings-{usage_date}", cache_policy=NO_CACHE)
 def store_mappings(
-    settings: Settings, usage_date: dt.date, fetches: list[mappings.MappingFetch], run_id: str
+    ctx: RunContext, usage_date: dt.date, fetches: list[mappings.MappingFetch]
 ) -> int:
-    return stages.store_mappings(settings, fetches, run_id)
+    return stages.store_mappings(ctx, fetches)
 
 
 @task(name="publish", task_run_name="publish-{usage_date}", cache_policy=NO_CACHE)
-def publish(usage_date: dt.date, run_id: str) -> PublishResult | None:
-    """Publish the analysts' file. Settings are read here (not passed) because the flow calls
-    this after any end of a run, even one whose settings could not be read."""
-    try:
-        settings = load_settings()
-    except ConfigurationError:
+def publish(ctx: RunContext | None, usage_date: dt.date) -> PublishResult | None:
+    """Publish the analysts' file. The flow calls this after any end of a run, even one whose
+    settings could not be read (no context then: nothing to publish)."""
+    if ctx is None:
         return None
+    settings = ctx.settings
     try:
-        result = stages.publish_analytics(settings, run_id)
+        result = stages.publish_analytics(ctx)
     except (PublishError, WarehouseError, OSError, duckdb.Error) as exc:  # the outcome stands
         get_run_logger().error(
             "the analysts' file %s was not published (the run's outcome stands): %s",

@@ -117,7 +117,9 @@ def test_a_crash_between_send_and_record_is_delivered_once_by_the_next_run(
 ):
     import asyncio
 
-    from bullphish_billing import delivery, stages
+    from bullphish_billing import delivery
+    from bullphish_billing.lease import RunLeases
+    from bullphish_billing.run_context import RunContext
     from bullphish_billing.settings import load_settings
     from bullphish_billing.warehouse.db import open_warehouse
 
@@ -137,7 +139,8 @@ def test_a_crash_between_send_and_record_is_delivered_once_by_the_next_run(
             pending = delivery.pending_batches(con)
 
         async def send_without_recording() -> None:  # the crash: sent, answer lost
-            async with stages.kaseyaone_client(settings) as client:
+            ctx = RunContext.start(settings, "test", RunLeases(settings.warehouse, "test"))
+            async with ctx.kaseyaone() as client:
                 for key, _, _, payload in pending[:2]:
                     await client.report_usage(__import__("orjson").loads(payload), key)
 

@@ -251,6 +251,9 @@ def test_a_publish_that_fails_is_logged_and_does_not_fail_the_run(
 
     from prefect import flow
 
+    from bullphish_billing.lease import RunLeases
+    from bullphish_billing.run_context import RunContext
+    from bullphish_billing.settings import load_settings
     from tasks import billing
 
     with open_warehouse(warehouse_path) as con:
@@ -261,7 +264,9 @@ def test_a_publish_that_fails_is_logged_and_does_not_fail_the_run(
 
     @flow
     def a_run(run_id: str):
-        return billing.publish(dt.date(2026, 11, 20), run_id)
+        settings = load_settings()
+        ctx = RunContext.start(settings, run_id, RunLeases(settings.warehouse, run_id))
+        return billing.publish(ctx, dt.date(2026, 11, 20))
 
     class Remember(logging.Handler):
         def __init__(self) -> None:

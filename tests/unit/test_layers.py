@@ -54,6 +54,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "stages",
         (
+            "bullphish_billing.run_context",
             "bullphish_billing.stages",
             "bullphish_billing.backfill",
             "bullphish_billing.backfill_runner",
