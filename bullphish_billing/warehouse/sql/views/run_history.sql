@@ -16,9 +16,14 @@ outcomes AS (
 ),
 
 joined AS (
+    -- outcomes' columns by name: DuckDB stores an EXCLUDE list in no fixed order, so a view
+    -- with one would never read back as the SQL migrate compares it with (it was `outcomes.*
+    -- EXCLUDE (run_id, usage_date)` up to schema version 1)
     SELECT
         runs.*,
-        outcomes.* EXCLUDE (run_id, usage_date),
+        outcomes.partner_id, outcomes.subscription_type, outcomes.status, outcomes.reason,
+        outcomes.organizations_billed, outcomes.metrics_computed, outcomes.metrics_sent,
+        outcomes.metrics_rejected, outcomes.records_quarantined,
         outcomes.run_id IS NOT NULL AS has_outcome
     FROM runs
     LEFT JOIN outcomes USING (run_id, usage_date)
