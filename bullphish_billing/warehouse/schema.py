@@ -3,13 +3,15 @@
 Layers, as schemas:
 - `raw`: what BullPhish ID served for a usage date, per record validated, personal data dropped;
 - `ops`: how the feed ran: runs, partner-date outcomes, quarantine, the delivery outbox;
-- `main`: what analysts query (`billing_metrics` and the views of `views.py`, created here by
+- `main`: what analysts query (`billing_metrics` and the views of `sql/views/`, created here by
   `migrate` with the tables).
 
-The schema is versioned: `ops.schema_version` holds the version applied; `migrate` creates a new
-warehouse and refuses one written by a newer version of this program, and a file in which a table
-or view of ours has another shape (another program's DuckDB file, or the analysts' copy, which
-has no keys), before writing anything to it.
+The schema is versioned: `ops.schema_version` holds a row per migration applied
+(`migrations.py`, which says how `migrate` upgrades a file); `migrate` creates a new warehouse,
+upgrades an older one, re-creates the views whose SQL changed, and refuses one written by a
+newer version of this program, and a file in which a table or view of ours has another shape
+(another program's DuckDB file, or the analysts' copy, which has no keys), before writing
+anything to it.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from dataclasses import dataclass
 import duckdb
 
 from bullphish_billing.text import shown
-from bullphish_billing.warehouse.views import VIEWS, create_views
+from bullphish_billing.warehouse.migrations import LATEST, MIGRATIONS
+from bullphish_billing.warehouse.views import VIEWS, View, create_views
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = LATEST
 
 
 class SchemaVersionError(Exception):
@@ -459,11 +462,15 @@ def catalog(con: duckdb.DuckDBPyConnection) -> dict[str, Shape]:
 
 
 @functools.cache
-def _expected(keys: bool) -> dict[str, Shape]:
+def _expected(keys: bool, version: int | None = None) -> dict[str, Shape]:
     """The shape of every table and view of ours, as this DuckDB makes them (built once, in
-    memory)."""
+    memory); with `version`, of the tables alone as migrations 1..version make them."""
     with duckdb.connect(":memory:") as reference:
-        _create(reference, keys)
+        if version is None:
+            _apply(reference, keys, 0, SCHEMA_VERSION)
+            create_views(reference, VIEWS)
+        else:
+            _apply(reference, keys, 0, version)
         return catalog(reference)
 
 
@@ -486,17 +493,32 @@ def _difference(got: Shape, want: Shape) -> str | None:
     return None
 
 
-def shape_problem(found: dict[str, Shape], *, keys: bool = True) -> str | None:
+def shape_problem(
+    found: dict[str, Shape], *, keys: bool = True, version: int | None = None
+) -> str | None:
     """What in the catalog `found` (from `catalog`) is not as `migrate(keys=keys)` makes it,
     in words; None if every table and view of ours it holds has our shape. A file holding
-    none of them (a new one) has no problem."""
+    none of them (a new one) has no problem.
+
+    `version`: the file's schema version, when it has one (1 or more). Its tables are then
+    compared with those of migrations 1..version, and its views of ours need only be views:
+    `migrate` re-creates them from the current SQL."""
     if keys and ANALYTICS_MARKER.name in found:
         return f"it is an analysts' file published by bullphish-billing ({ANALYTICS_MARKER.name})"
     if not any(name in found for name in OUR_NAMES):
         return None
-    for name, want in _expected(keys).items():
+    expected = dict(_expected(keys))
+    if version:
+        expected = {name: want for name, want in expected.items() if want.kind == "view"}
+        expected |= _expected(keys, version)
+    for name, want in expected.items():
         got = found.get(name)
-        difference = None if got is None else _difference(got, want)
+        if got is None:
+            continue
+        if version and want.kind == "view":
+            difference = None if got.kind == "view" else f"is a {got.kind}, not a view"
+        else:
+            difference = _difference(got, want)
         if difference is not None:
             return f"its {want.kind} {name} {difference}"
     return None
@@ -511,11 +533,14 @@ DuckDB's lock on the file already keeps them apart."""
 
 
 def migrate(con: duckdb.DuckDBPyConnection, *, keys: bool = True) -> int:
-    """Create the schema if the warehouse is new; return the version in force.
+    """Create the schema if the warehouse is new, or bring an older one up to date: the
+    migrations above its version, then every view whose SQL or comments changed (see
+    `migrations.py`). Return the version in force.
 
     Before writing anything, the file's catalog is compared with the schema: a file written
     by a newer version is refused (SchemaVersionError), and so is one in which a table or view
-    of ours has another shape (SchemaShapeError), with nothing written.
+    of ours has another shape (SchemaShapeError), with nothing written. A file already up to
+    date is not written to.
 
     `keys=False` leaves out the primary keys: for the analysts' read-only copy (`publish`),
     where their indexes would be most of the file's size and of the time to write it."""
@@ -534,15 +559,15 @@ def _migrate(con: duckdb.DuckDBPyConnection, keys: bool) -> int:
             f"the warehouse has schema version {current}, newer than this program's "
             f"{SCHEMA_VERSION}: upgrade bullphish-billing"
         )
-    problem = shape_problem(found, keys=keys)
+    problem = shape_problem(found, keys=keys, version=current)
     if problem is not None:
         raise SchemaShapeError(problem)
-    if current == SCHEMA_VERSION:
-        return current
+    if current == SCHEMA_VERSION and not stale_views(con):
+        return current  # up to date: nothing written
     con.execute("BEGIN")
     try:
-        _create(con, keys)
-        con.execute(f"INSERT INTO {version} VALUES (?, now())", [SCHEMA_VERSION])
+        _apply(con, keys, current, SCHEMA_VERSION)
+        create_views(con, stale_views(con))  # last: the views the migrations left stale
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -550,10 +575,48 @@ def _migrate(con: duckdb.DuckDBPyConnection, keys: bool) -> int:
     return SCHEMA_VERSION
 
 
-def _create(con: duckdb.DuckDBPyConnection, keys: bool) -> None:
-    """Every schema, table and view of ours that does not exist yet, with comments."""
-    for schema in SCHEMAS:
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-    for table in TABLES:
-        create_table(con, table, keys=keys)
-    create_views(con)
+def _apply(con: duckdb.DuckDBPyConnection, keys: bool, current: int, target: int) -> None:
+    """Migrations current+1..target, in order, each recorded in ops.schema_version."""
+    for migration in MIGRATIONS:
+        if current < migration.version <= target:
+            migration.apply(con, keys)
+            con.execute(f"INSERT INTO {TABLES[0].name} VALUES (?, now())", [migration.version])
+
+
+ViewText = tuple[str | None, str | None, tuple[tuple[str, str | None], ...]]
+
+
+def _view_texts(con: duckdb.DuckDBPyConnection) -> dict[str, ViewText]:
+    """Each view of the connection's database: its SQL as DuckDB stores it, its comment and
+    its columns' comments."""
+    here = "database_name = current_database()"
+    columns = dict(
+        con.execute(
+            f"SELECT lower(schema_name || '.' || table_name), "
+            f"list([column_name, comment] ORDER BY column_index) "
+            f"FROM duckdb_columns() WHERE {here} GROUP BY ALL"
+        ).fetchall()
+    )
+    return {
+        name: (sql, comment, tuple(tuple(c) for c in columns.get(name, [])))
+        for name, sql, comment in con.execute(
+            f"SELECT lower(schema_name || '.' || view_name), sql, comment "
+            f"FROM duckdb_views() WHERE {here} AND NOT internal"
+        ).fetchall()
+    }
+
+
+@functools.cache
+def _current_view_texts() -> dict[str, ViewText]:
+    """Each view of ours as `sql/views/*.sql` makes it (built once, in memory)."""
+    with duckdb.connect(":memory:") as reference:
+        _apply(reference, True, 0, SCHEMA_VERSION)
+        create_views(reference, VIEWS)
+        return _view_texts(reference)
+
+
+def stale_views(con: duckdb.DuckDBPyConnection) -> tuple[View, ...]:
+    """The views of ours that the connection's database lacks, or holds with other SQL or
+    comments than `sql/views/*.sql` give them. Reads the catalog only."""
+    have, want = _view_texts(con), _current_view_texts()
+    return tuple(view for view in VIEWS if have.get(view.name) != want[view.name])
