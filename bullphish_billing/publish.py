@@ -22,14 +22,8 @@ import duckdb
 from bullphish_billing.errors import RunFailure
 from bullphish_billing.text import bounded, shown
 from bullphish_billing.warehouse.db import fetch_value, transaction
-from bullphish_billing.warehouse.schema import (
-    ANALYTICS_MARKER,
-    TABLES,
-    catalog,
-    create_table,
-    migrate,
-    shape_problem,
-)
+from bullphish_billing.warehouse.migrations import migrate, shape_problem
+from bullphish_billing.warehouse.schema import ANALYTICS_MARKER, TABLES, catalog, create_table
 
 NOT_PUBLISHED = frozenset({"raw.targets", "ops.schema_version"})  # migrate writes the version
 PUBLISHED_TABLES = tuple(t.name for t in TABLES if t.name not in NOT_PUBLISHED)

@@ -31,7 +31,7 @@ import duckdb
 
 from bullphish_billing.errors import WarehouseError
 from bullphish_billing.text import bounded, shown
-from bullphish_billing.warehouse.schema import SchemaShapeError, SchemaVersionError, migrate
+from bullphish_billing.warehouse.migrations import SchemaShapeError, SchemaVersionError, migrate
 
 log = logging.getLogger(__name__)
 

@@ -3,35 +3,18 @@
 Layers, as schemas:
 - `raw`: what BullPhish ID served for a usage date, per record validated, personal data dropped;
 - `ops`: how the feed ran: runs, partner-date outcomes, quarantine, the delivery outbox;
-- `main`: what analysts query (`billing_metrics` and the views of `views.py`, created here by
-  `migrate` with the tables).
+- `main`: what analysts query (`billing_metrics` and the views of `sql/views/`).
 
-The schema is versioned: `ops.schema_version` holds the version applied; `migrate` creates a new
-warehouse and refuses one written by a newer version of this program, and a file in which a table
-or view of ours has another shape (another program's DuckDB file, or the analysts' copy, which
-has no keys), before writing anything to it.
+These are the latest shapes; `migrations.py` brings a warehouse file to them (`migrate`).
 """
 
 from __future__ import annotations
 
-import functools
-import threading
 from dataclasses import dataclass
 
 import duckdb
 
-from bullphish_billing.text import shown
-from bullphish_billing.warehouse.views import VIEWS, create_views
-
-SCHEMA_VERSION = 1
-
-
-class SchemaVersionError(Exception):
-    """The warehouse was written by a newer version of bullphish-billing."""
-
-
-class SchemaShapeError(Exception):
-    """A table or view of ours has another shape in the file: it is not our warehouse."""
+from bullphish_billing.warehouse.views import VIEWS
 
 
 @dataclass(frozen=True)
@@ -456,104 +439,3 @@ def catalog(con: duckdb.DuckDBPyConnection) -> dict[str, Shape]:
         )
         for name, columns in rows
     }
-
-
-@functools.cache
-def _expected(keys: bool) -> dict[str, Shape]:
-    """The shape of every table and view of ours, as this DuckDB makes them (built once, in
-    memory)."""
-    with duckdb.connect(":memory:") as reference:
-        _create(reference, keys)
-        return catalog(reference)
-
-
-def _difference(got: Shape, want: Shape) -> str | None:
-    if got.kind != want.kind:
-        return f"is a {got.kind}, not a {want.kind}"
-    have, wanted = dict(got.columns), dict(want.columns)
-    for column, type_ in want.columns:
-        if column not in have:
-            return f"has no column {column}"
-        if have[column] != type_:
-            return f"has column {column} of type {shown(have[column])}, not {type_}"
-    extra = [column for column, _ in got.columns if column not in wanted]
-    if extra:
-        return f"has a column {shown(extra[0])} that ours has not"
-    if got.columns != want.columns:
-        return "has our columns in another order"
-    if got.primary_key != want.primary_key:
-        return "has no primary key" if want.primary_key else "has a primary key ours has not"
-    return None
-
-
-def shape_problem(found: dict[str, Shape], *, keys: bool = True) -> str | None:
-    """What in the catalog `found` (from `catalog`) is not as `migrate(keys=keys)` makes it,
-    in words; None if every table and view of ours it holds has our shape. A file holding
-    none of them (a new one) has no problem."""
-    if keys and ANALYTICS_MARKER.name in found:
-        return f"it is an analysts' file published by bullphish-billing ({ANALYTICS_MARKER.name})"
-    if not any(name in found for name in OUR_NAMES):
-        return None
-    for name, want in _expected(keys).items():
-        got = found.get(name)
-        difference = None if got is None else _difference(got, want)
-        if difference is not None:
-            return f"its {want.kind} {name} {difference}"
-    return None
-
-
-# --------------------------------------------------------------------------- migrating
-_MIGRATING = threading.Lock()
-"""Connections of one process share the database (runs side by side: a backfill's dates). Two
-that create the schema at the same moment fail with "Catalog write-write conflict"
-(measured on 2.0.1), so one process migrates one connection at a time. Across processes,
-DuckDB's lock on the file already keeps them apart."""
-
-
-def migrate(con: duckdb.DuckDBPyConnection, *, keys: bool = True) -> int:
-    """Create the schema if the warehouse is new; return the version in force.
-
-    Before writing anything, the file's catalog is compared with the schema: a file written
-    by a newer version is refused (SchemaVersionError), and so is one in which a table or view
-    of ours has another shape (SchemaShapeError), with nothing written.
-
-    `keys=False` leaves out the primary keys: for the analysts' read-only copy (`publish`),
-    where their indexes would be most of the file's size and of the time to write it."""
-    with _MIGRATING:
-        return _migrate(con, keys)
-
-
-def _migrate(con: duckdb.DuckDBPyConnection, keys: bool) -> int:
-    found = catalog(con)
-    version = TABLES[0].name
-    current = 0
-    if version in found and found[version] == _expected(keys)[version]:
-        current = con.execute(f"SELECT max(version) FROM {version}").fetchall()[0][0] or 0
-    if current > SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f"the warehouse has schema version {current}, newer than this program's "
-            f"{SCHEMA_VERSION}: upgrade bullphish-billing"
-        )
-    problem = shape_problem(found, keys=keys)
-    if problem is not None:
-        raise SchemaShapeError(problem)
-    if current == SCHEMA_VERSION:
-        return current
-    con.execute("BEGIN")
-    try:
-        _create(con, keys)
-        con.execute(f"INSERT INTO {version} VALUES (?, now())", [SCHEMA_VERSION])
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
-    return SCHEMA_VERSION
-
-
-def _create(con: duckdb.DuckDBPyConnection, keys: bool) -> None:
-    """Every schema, table and view of ours that does not exist yet, with comments."""
-    for schema in SCHEMAS:
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-    for table in TABLES:
-        create_table(con, table, keys=keys)
-    create_views(con)

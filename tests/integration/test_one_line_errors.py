@@ -32,7 +32,7 @@ from bullphish_billing import publish
 from bullphish_billing.dates import yesterday_utc
 from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
 from bullphish_billing.warehouse.db import open_warehouse
-from bullphish_billing.warehouse.schema import migrate
+from bullphish_billing.warehouse.migrations import migrate
 
 DAY = yesterday_utc() - dt.timedelta(days=4)
 SMALL = SandboxConfig(seed=5, partners=8)
