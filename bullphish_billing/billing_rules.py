@@ -17,15 +17,15 @@ import datetime as dt
 
 import duckdb
 
-from bullphish_billing.results import Decision, Evaluation, PartnerDecision
+from bullphish_billing.results import (
+    MODULES,
+    Decision,
+    Evaluation,
+    PartnerDecision,
+    SubscriptionType,
+)
 from bullphish_billing.warehouse import sqlfiles
 from bullphish_billing.warehouse.db import fetch_all, transaction
-
-MODULES = ("training_awareness", "phishing")
-SUBSCRIPTION_TYPES = ("per_organization", "per_user")
-BILLING_TYPES = tuple(
-    f"bullphish_id.{module}.{sub}" for sub in SUBSCRIPTION_TYPES for module in MODULES
-)
 
 DUPLICATE_CONFLICT = "duplicate id with conflicting content"
 UNKNOWN_ORGANIZATION = "unknown organization: the partner has no organization with this id"
@@ -34,7 +34,7 @@ CONFLICTING_CONTENT = (
     (
         "organization",
         "raw.organizations",
-        "name, parent_id, status, training_awareness, phishing, created_at",
+        ", ".join(("name", "parent_id", "status", *MODULES, "created_at")),
     ),
     ("target", "raw.targets", "organization_id, status, updated_at"),
 )
@@ -153,4 +153,7 @@ def _store_metrics(
         return
     scope = {"d": usage_date, "p": partner_ids}
     con.execute(_sql("metrics_clear"), scope)
-    con.execute(_sql("metrics_compute"), scope | {"run": run_id})
+    con.execute(
+        sqlfiles.template("rules/metrics_compute", module_columns=", ".join(MODULES)),
+        scope | {"run": run_id, "per_organization": str(SubscriptionType.PER_ORGANIZATION)},
+    )

@@ -16,6 +16,25 @@ import pandas as pd
 from bullphish_billing.errors import EXIT_OK, EXIT_PROBLEMS
 from bullphish_billing.text import bounded
 
+MODULES = ("training_awareness", "phishing")
+"""BullPhish ID's billed modules (rule 3); each is a boolean column of the same name on an
+organization (`raw.organizations`), and the SQL that reads them is written from this tuple."""
+
+
+class SubscriptionType(StrEnum):
+    """A partner's subscription (rule 3): what a module's unit is."""
+
+    PER_ORGANIZATION = "per_organization"  # 1 per organization with the module enabled
+    PER_USER = "per_user"  # the organization's active targets, when the module is enabled
+
+
+SUBSCRIPTION_TYPES = tuple(str(s) for s in SubscriptionType)
+
+BILLING_TYPES = tuple(
+    f"bullphish_id.{module}.{sub}" for sub in SUBSCRIPTION_TYPES for module in MODULES
+)
+"""KaseyaOne's billing types (rule 5): `bullphish_id.<module>.<subscription type>`."""
+
 
 class Decision(StrEnum):
     """Rule 1 for a partner on a date (billing_rules.decide_partners)."""

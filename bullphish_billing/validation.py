@@ -31,6 +31,8 @@ import pyarrow as pyarrow
 import pyarrow.compute as pc
 from pandera.errors import SchemaErrors
 
+from bullphish_billing.results import MODULES, SUBSCRIPTION_TYPES
+
 PARTNER_ID_PATTERN = r"^p_[A-Za-z0-9]{1,40}$"
 ORGANIZATION_ID_PATTERN = r"^o_[A-Za-z0-9]{1,40}$"
 TARGET_ID_PATTERN = r"^t_[A-Za-z0-9]{1,40}$"
@@ -191,7 +193,7 @@ PARTNER = Entity(
     (
         _f("id", pattern=PARTNER_ID_PATTERN),
         _f("name", length=(1, 200)),
-        _f("subscription_type", one_of=("per_organization", "per_user")),
+        _f("subscription_type", one_of=SUBSCRIPTION_TYPES),
         _f("kaseyaone_activated", "boolean", ("kaseyaone", "activated")),
         _f("psa", path=("kaseyaone", "psa"), nullable=True, one_of=("autotask", "bms")),
         _f("unified_login_enabled", "boolean", ("kaseyaone", "unified_login_enabled")),
@@ -208,8 +210,7 @@ ORGANIZATION = Entity(
         _f("name", length=(1, 200)),
         _f("parent_id", nullable=True),
         _f("status", one_of=("active", "archived")),
-        _f("training_awareness", "boolean", ("modules", "training_awareness")),
-        _f("phishing", "boolean", ("modules", "phishing")),
+        *(_f(module, "boolean", ("modules", module)) for module in MODULES),
         _f("created_at", "datetime"),
     ),
 )

@@ -6,6 +6,7 @@ in an editable install alike) and are read with importlib.resources:
 - `sql/views/<view>.sql`: one analyst view each, `CREATE OR REPLACE VIEW` then its `COMMENT ON`
   documentation (`views.py` runs them);
 - `sql/rules/<statement>.sql`: one statement of the billing rules each (`billing_rules.py`).
+- `sql/notable/detect.sql`: the notable changes of a date (`notable.py`).
 
 Values always travel as query parameters (`$d`, `$p`, `$run`, ...). A file that serves several
 entities is a template whose `{placeholders}` name identifiers only (a table, the entity, its

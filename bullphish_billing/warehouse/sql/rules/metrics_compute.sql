@@ -2,6 +2,7 @@
 -- organization that is not held, both metrics of the partner's subscription, zeros included:
 -- per_organization 1 when the module is enabled, per_user its active targets (each id once,
 -- quarantined ones left out) when enabled; 0 when the module is off.
+-- A template: {module_columns} is the organizations' module flags (results.MODULES).
 INSERT INTO main.billing_metrics
 WITH partners AS (
     SELECT DISTINCT id AS partner_id, subscription_type
@@ -14,7 +15,7 @@ excluded_orgs AS (          -- held: the organization's own record is bad
       AND entity = 'organization' AND record_id IS NOT NULL
 ),
 billed_orgs AS (            -- rule 2: active organizations, sub-organizations alike
-    SELECT DISTINCT partner_id, id AS organization_id, training_awareness, phishing
+    SELECT DISTINCT partner_id, id AS organization_id, {module_columns}
     FROM raw.organizations
     ANTI JOIN excluded_orgs USING (partner_id, id)
     WHERE usage_date = $d AND list_contains($p, partner_id) AND status = 'active'
@@ -31,20 +32,18 @@ active_targets AS (         -- rule 4: active targets, each id once (rule 7)
     WHERE usage_date = $d AND list_contains($p, partner_id) AND status = 'active'
     GROUP BY ALL
 ),
-modules AS (
-    SELECT o.partner_id, o.organization_id, m.module,
-           CASE m.module WHEN 'training_awareness' THEN o.training_awareness
-                         ELSE o.phishing END AS enabled,
+modules AS (               -- a row per billed organization and module, with its flag
+    SELECT o.partner_id, o.organization_id, o.module, o.enabled,
            coalesce(a.active, 0) AS active
-    FROM billed_orgs o
-    CROSS JOIN (VALUES ('training_awareness'), ('phishing')) AS m(module)
+    FROM billed_orgs
+         UNPIVOT INCLUDE NULLS (enabled FOR module IN ({module_columns})) AS o
     LEFT JOIN active_targets a USING (partner_id, organization_id)
 )
 -- rules 3-5: both metrics of the subscription for every billed organization, zeros too
 SELECT $d, partner_id, organization_id,
        'bullphish_id.' || module || '.' || p.subscription_type AS billing_type,
        CASE WHEN NOT enabled THEN 0
-            WHEN p.subscription_type = 'per_organization' THEN 1
+            WHEN p.subscription_type = $per_organization THEN 1
             ELSE active END AS units,
        p.subscription_type, $run, now()
 FROM modules JOIN partners p USING (partner_id)
