@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from bullphish_billing import billing_rules, delivery, lease, mappings, notable, outcomes, publish
@@ -111,6 +111,24 @@ def require_known(asked: Iterable[str], known: set[str], as_of: dt.date) -> None
 
 
 # -- one date's partner-dates --------------------------------------------------------------
+def take_partner_dates(
+    ctx: RunContext,
+    usage_date: dt.date,
+    partner_ids: list[str],
+    wait_s: float,
+    on_wait: Callable[[lease.Key, str], None] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """Take the lease of each partner-date, waiting up to `wait_s` for those another run is
+    billing (two runs never bill one partner-date at once). Return the partners taken, and
+    those left to the other run, each with the reason."""
+    keys = {lease.partner_date(usage_date, p): p for p in partner_ids}
+    busy = {
+        keys[key]: f"another run is billing it: {holder}; not billed by this run, run it again"
+        for key, holder in ctx.leases.acquire(keys, wait_s=wait_s, on_wait=on_wait).items()
+    }
+    return [p for p in partner_ids if p not in busy], busy
+
+
 def extract(
     ctx: RunContext,
     usage_date: dt.date,

@@ -99,13 +99,7 @@ def _bill(
         sum(d.decision == Decision.SKIPPED for d in decisions),
         sum(d.decision == Decision.HELD for d in decisions),
     )
-    # two runs never bill the same partner-date at once: wait for it, or leave it and say so
-    keys = {lease.partner_date(day, p): p for p in billable}
-    busy = {
-        keys[key]: f"another run is billing it: {holder}; not billed by this run, run it again"
-        for key, holder in leases.acquire(keys, wait_s=lease_wait_s, on_wait=waiting).items()
-    }
-    billable = [p for p in billable if p not in busy]
+    billable, busy = stages.take_partner_dates(ctx, day, billable, lease_wait_s, waiting)
     earlier = None
     if not dry_run:
         earlier = billing.deliver_pending(ctx)  # rule 9: what a crash left first
