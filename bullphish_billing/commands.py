@@ -17,7 +17,7 @@ from bullphish_billing.backfill import DEFAULT_CONCURRENCY
 from bullphish_billing.backfill_runner import observing
 from bullphish_billing.cli_progress import Progress
 from bullphish_billing.errors import BillingError, RunFailedError, UserError
-from bullphish_billing.results import BackfillSummary, DateResult
+from bullphish_billing.results import BackfillSummary, DateResult, RunSummary
 from bullphish_billing.settings import load_settings
 
 
@@ -43,16 +43,15 @@ def run_date(
     state = daily_billing(
         usage_date=usage_date, partner_ids=partners, dry_run=dry_run, return_state=True
     )
-    if state.is_failed():
-        data = state.result(raise_on_failure=False)
-        if isinstance(data, UserError):
-            raise data
+    summary = state.result(raise_on_failure=False)  # Failed with problems still has it
+    if not isinstance(summary, RunSummary):
+        if isinstance(summary, UserError):
+            raise summary
         from bullphish_billing.clients import ApiError
 
-        if isinstance(data, ApiError):
-            raise RunFailedError(f"the run failed: {data}") from None
+        if isinstance(summary, ApiError):
+            raise RunFailedError(f"the run failed: {summary}") from None
         raise RuntimeError(state.message or "the flow failed")
-    summary = state.result()
     if not quiet:
         print()
         print(reporting.terminal_table(summary))

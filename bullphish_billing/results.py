@@ -217,6 +217,11 @@ class BackfillSummary:
     def failed(self) -> list[dt.date]:
         return [r.usage_date for r in self.results if r.status == DateStatus.FAILED]
 
+    @property
+    def unclean(self) -> list[DateResult]:
+        """The dates that make the backfill exit 1: failed, or finished with problems."""
+        return [r for r in self.results if r.exit_code]
+
     def one_line(self) -> str:
         counts: dict[str, int] = {}
         for r in self.results:

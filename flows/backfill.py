@@ -17,13 +17,13 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.runtime import flow_run
-from prefect.states import Failed
+from prefect.states import Failed, State
 
 from bullphish_billing import backfill as rules
 from bullphish_billing import backfill_runner as runner
 from bullphish_billing import lease
 from bullphish_billing.errors import UserError
-from bullphish_billing.results import BackfillSummary, DateResult, DateStatus
+from bullphish_billing.results import BackfillSummary, DateResult, DateStatus, RunSummary
 from bullphish_billing.run_context import RunContext
 from bullphish_billing.settings import load_settings
 from flows.daily_billing import daily_billing
@@ -37,7 +37,7 @@ def backfill(
     dry_run: bool = False,
     force: bool = False,
     concurrency: int = rules.DEFAULT_CONCURRENCY,
-) -> BackfillSummary:
+) -> BackfillSummary | State:
     """Bill every usage date from `start` to `end` (inclusive) with the daily flow, oldest
     first, at most `concurrency` dates at a time. Dates an earlier run delivered are not
     billed again unless `force` (which also re-sends unchanged numbers). Configuration comes
@@ -93,9 +93,9 @@ def backfill(
             force=force,
             return_state=True,
         )
-        if state.is_completed():
-            return DateResult.from_summary(state.result())
         data = state.result(raise_on_failure=False)
+        if isinstance(data, RunSummary):  # Completed, or Failed with problems: it finished
+            return DateResult.from_summary(data)
         return DateResult.failure(day, data if isinstance(data, Exception) else state.message)
 
     ran = runner.run_dates(todo, bill, concurrency, on_result=finished)
@@ -107,7 +107,7 @@ def backfill(
         description=summary.one_line(),
     )
     log.info("%s", summary.one_line())
-    if summary.failed:
-        failed = ", ".join(str(d) for d in summary.failed)
-        return Failed(message=f"{len(summary.failed)} date(s) failed: {failed}", data=summary)
+    if summary.exit_code:  # red when any date is: its run failed or had problems
+        named = ", ".join(f"{r.usage_date} {r.status}" for r in summary.unclean)
+        return Failed(message=f"{summary.one_line()}; not clean: {named}", data=summary)
     return summary

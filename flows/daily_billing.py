@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
-from prefect.states import Failed
+from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from bullphish_billing import (
@@ -41,8 +41,13 @@ def daily_billing(
     dry_run: bool = False,
     force: bool = False,
     lease_wait_s: float = lease.DEFAULT_WAIT_S,
-) -> RunSummary:
+) -> RunSummary | State:
     """Bill one usage date (default: yesterday, UTC): extract, validate, aggregate, deliver.
+
+    The run ends Completed exactly when the command line would exit 0, and Failed otherwise
+    (a partner held, failed or partly delivered, batches left pending, bad configuration),
+    with its one-line summary as the state's message and the RunSummary as its data, so that
+    automations (alerts) react to it.
 
     Configuration comes from the environment (never from parameters, which Prefect stores).
     `force` re-sends every metric, changed or not (new keys: KaseyaOne applies them again).
@@ -57,7 +62,7 @@ def daily_billing(
         settings = load_settings()
         with lease.run_leases(settings.warehouse, run_id) as leases:
             ctx = RunContext.start(settings, run_id, leases)
-            return _bill(ctx, day, partner_ids, dry_run, force, lease_wait_s, reports)
+            return _ended(_bill(ctx, day, partner_ids, dry_run, force, lease_wait_s, reports))
     except UserError as exc:
         # bad configuration or input: fail the run with a one-line message, no traceback
         get_run_logger().error("%s", exc)
@@ -66,6 +71,14 @@ def daily_billing(
         # the analysts' file, after every run that started, however it ended
         billing.publish(ctx, day, return_state=True)
         wait(reports)  # the per-partner artifacts, written meanwhile by the Prefect API
+
+
+def _ended(summary: RunSummary) -> RunSummary | State:
+    """The run's final state: Completed when the command would exit 0, else Failed with the
+    summary line (Prefect's own Failed type: a renamed Completed would stay green)."""
+    if summary.exit_code == 0:
+        return summary
+    return Failed(message=f"{summary.usage_date}: {summary.one_line()}", data=summary)
 
 
 def _bill(

@@ -179,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         run = runs[0]
         name = run["name"]
-        checks.check(run["state_type"] == "COMPLETED", f"flow run {name} is COMPLETED")
+        wanted = "COMPLETED" if code == 0 else "FAILED"  # red exactly when the exit is not 0
+        checks.check(
+            run["state_type"] == wanted and str(day) in (run["state"]["message"] or str(day)),
+            f"flow run {name} (exit {code}) is {wanted}, its summary the state's message",
+        )
         task_names = sorted(
             t["name"]
             for t in api(api_url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})

@@ -16,14 +16,20 @@ import duckdb
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.states import State
+from prefect.states import Completed, State
 
 from bullphish_billing import mappings, partner_artifacts, stages
 from bullphish_billing.errors import UserError
 from bullphish_billing.extract import ExtractResult
 from bullphish_billing.notable import NotableChange
 from bullphish_billing.publish import PublishError, PublishResult
-from bullphish_billing.results import Evaluation, MappingStatus, PartnerDecision, PartnerOutcome
+from bullphish_billing.results import (
+    Evaluation,
+    MappingStatus,
+    PartnerDecision,
+    PartnerOutcome,
+    PartnerStatus,
+)
 from bullphish_billing.run_context import RunContext
 from bullphish_billing.text import bounded, shown
 from bullphish_billing.warehouse.db import WarehouseError
@@ -116,20 +122,37 @@ def fetch_mappings(
     return fetches
 
 
+OUTCOME_NAMES = {
+    PartnerStatus.DELIVERED: "Delivered",
+    PartnerStatus.PARTIAL: "Partly delivered",
+    PartnerStatus.SKIPPED: "Skipped",
+    PartnerStatus.HELD: "Held",
+    PartnerStatus.FAILED: "Not delivered",
+    PartnerStatus.DRY_RUN: "Dry run",
+}
+"""The report task run's state name per partner outcome (its type stays Completed)."""
+
+
 @task(name="report", task_run_name="report-{partner_id}-{usage_date}", cache_policy=NO_CACHE)
 def report_partner(
     partner_id: str,
     usage_date: dt.date,
     outcome: PartnerOutcome,
     changes: list[NotableChange],
-) -> None:
+) -> State:
     """The partner's outcome for the date as its artifact (key `billing-p-XXXX`: one key per
-    partner, so the Artifacts page shows each partner's history)."""
+    partner, so the Artifacts page shows each partner's history), and as the task run's state:
+    Completed, named after the outcome ("Held", "Not delivered", "Partly delivered", ...) with
+    its reason as the message, so the Task Runs tab points at the partner that needs a look
+    (a Failed task run would put an ERROR line per partner on the terminal; the flow run is
+    the one that turns red)."""
     create_markdown_artifact(
         key=partner_artifacts.key(partner_id),
         markdown=partner_artifacts.markdown(outcome, changes),
         description=f"{partner_id} on {usage_date}: {outcome.status}",
     )
+    told = bounded(f"{outcome.status}: {outcome.reason}" if outcome.reason else outcome.status)
+    return Completed(name=OUTCOME_NAMES[outcome.status], message=told)
 
 
 @task(name="store-mappings", task_run_name="store-mappings-{usage_date}", cache_policy=NO_CACHE)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from flow_runs import backfilled
 from oracle import expected_billing, expected_in_kaseyaone
 from sandbox_env import (
     child_env,
@@ -95,7 +96,6 @@ def test_dates_start_oldest_first_at_most_n_at_a_time_and_a_failure_stops_nothin
 def test_a_week_is_billed_day_by_day_as_of_each_day_and_a_rerun_sends_nothing(
     configure, warehouse_path
 ):
-    from flows.backfill import backfill
 
     with RunningSandbox(CONFIG) as sandbox:
         configure(sandbox)
@@ -104,7 +104,7 @@ def test_a_week_is_billed_day_by_day_as_of_each_day_and_a_rerun_sends_nothing(
         per_day = [frozenset(expected_billing(sandbox.world, d).metrics.items()) for d in WEEK]
         assert len(set(per_day)) == len(WEEK)
 
-        summary = backfill(start=WEEK[0], end=WEEK[-1])
+        summary = backfilled(start=WEEK[0], end=WEEK[-1])
         assert [r.usage_date for r in summary.results] == WEEK
         assert not summary.failed, summary.results
         # the unlinked partner p_0007 and the rejected organization of p_0008: exit 1 per date
@@ -114,7 +114,7 @@ def test_a_week_is_billed_day_by_day_as_of_each_day_and_a_rerun_sends_nothing(
         assert set(sends_per_partner_date(sandbox).values()) == {1}
 
         posts = len(sandbox.kaseyaone.sends())
-        again = backfill(start=WEEK[0], end=WEEK[-1])
+        again = backfilled(start=WEEK[0], end=WEEK[-1])
         assert len(sandbox.kaseyaone.sends()) == posts  # nothing new
         assert [r.usage_date for r in again.results] == WEEK
         assert all(r.metrics_sent == 0 for r in again.results)
@@ -123,12 +123,11 @@ def test_a_week_is_billed_day_by_day_as_of_each_day_and_a_rerun_sends_nothing(
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_date_delivered_before_is_not_billed_again_unless_forced(configure, warehouse_path):
-    from flows.backfill import backfill
 
     days = WEEK[2:4]
     with RunningSandbox(CONFIG) as sandbox:
         configure(sandbox)
-        first = backfill(start=days[0], end=days[-1], partner_ids=CLEAN)
+        first = backfilled(start=days[0], end=days[-1], partner_ids=CLEAN)
         assert [r.status for r in first.results] == ["delivered", "delivered"]
         assert first.exit_code == 0
         keys = set(sends_per_key(sandbox))
@@ -139,17 +138,17 @@ def test_a_date_delivered_before_is_not_billed_again_unless_forced(configure, wa
                 return con.execute("SELECT count(*) FROM ops.runs").fetchall()[0][0]
 
         before = runs()
-        second = backfill(start=days[0], end=days[-1], partner_ids=CLEAN)
+        second = backfilled(start=days[0], end=days[-1], partner_ids=CLEAN)
         assert [r.status for r in second.results] == ["done", "done"]
         assert runs() == before  # no daily run at all: nothing extracted again
         assert set(sends_per_key(sandbox)) == keys
 
         # a wider backfill bills the partners not delivered yet
-        wider = backfill(start=days[0], end=days[0], partner_ids=[*CLEAN, "p_0010"])
+        wider = backfilled(start=days[0], end=days[0], partner_ids=[*CLEAN, "p_0010"])
         assert wider.results[0].status != "done"
         keys = set(sends_per_key(sandbox))
 
-        forced = backfill(start=days[0], end=days[-1], partner_ids=CLEAN, force=True)
+        forced = backfilled(start=days[0], end=days[-1], partner_ids=CLEAN, force=True)
         assert [r.status for r in forced.results] == ["delivered", "delivered"]
         new_keys = set(sends_per_key(sandbox)) - keys
         # every partner-date sent again, under new keys: applied, not answered as replays

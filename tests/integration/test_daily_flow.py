@@ -11,6 +11,7 @@ from collections import Counter
 
 import duckdb
 import pytest
+from flow_runs import billed
 from oracle import expected_billing, expected_in_kaseyaone
 from sandbox_env import stored
 
@@ -54,9 +55,7 @@ def assert_no_personal_data(path) -> None:
 
 
 def run(day: dt.date, **kwargs):
-    from flows.daily_billing import daily_billing
-
-    return daily_billing(usage_date=day, **kwargs)
+    return billed(usage_date=day, **kwargs)
 
 
 def test_faulty_sandbox_delivers_exactly_what_its_data_implies(configure, warehouse_path):

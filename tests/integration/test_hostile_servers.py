@@ -24,6 +24,7 @@ from fault_tools import (
     expected_stored,
     prefect_api_url,  # noqa: F401 - fixture
 )
+from flow_runs import billed
 from relay import Exchange, Relay, Reply, relayed
 from sandbox_env import child_env, output, sends_per_key, stored
 
@@ -38,9 +39,7 @@ CONFIG = SandboxConfig(seed=SEED, partners=12)
 
 
 def run_flow(day: dt.date, **kwargs):
-    from flows.daily_billing import daily_billing
-
-    return daily_billing(usage_date=day, **kwargs)
+    return billed(usage_date=day, **kwargs)
 
 
 def outbox(warehouse, partner_id: str) -> list[tuple[str, str]]:

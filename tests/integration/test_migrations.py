@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from flow_runs import billed
 
 from bullphish_billing.dates import yesterday_utc
 from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
@@ -110,14 +111,13 @@ def test_a_warehouse_written_by_main_is_upgraded_with_its_data_intact(old_wareho
 def test_a_daily_run_over_the_upgraded_warehouse_works(
     old_warehouse, configure, monkeypatch, tmp_path
 ):
-    from flows.daily_billing import daily_billing
 
     sandbox_config = {k: v for k, v in MANIFEST["sandbox"].items() if k != "today"}
     day = yesterday_utc()
     with RunningSandbox(SandboxConfig(**sandbox_config)) as sandbox:
         configure(sandbox, BILLING_WAREHOUSE=old_warehouse)
         monkeypatch.setenv("BILLING_ANALYTICS_FILE", str(tmp_path / "analytics.duckdb"))
-        summary = daily_billing(usage_date=day)
+        summary = billed(usage_date=day)
     statuses = {o.partner_id: o.status for o in summary.outcomes}
     assert statuses["p_0002"] == "delivered", statuses
     with duckdb.connect(str(old_warehouse), read_only=True) as con:

@@ -29,6 +29,7 @@ from fault_tools import (
     prefect_api_url,  # noqa: F401 - fixture
     stored,
 )
+from flow_runs import billed
 from sandbox_env import child_env, output, run_cli
 
 from bullphish_billing import cli
@@ -117,9 +118,7 @@ class StallingProxy:
 
 
 def run_flow(day: dt.date, **kwargs):
-    from flows.daily_billing import daily_billing
-
-    return daily_billing(usage_date=day, **kwargs)
+    return billed(usage_date=day, **kwargs)
 
 
 def only(partners: set[str], metrics: dict) -> dict:

@@ -16,11 +16,13 @@ from fault_tools import (
     assert_delivered_exactly_once,
     prefect_api_url,  # noqa: F401 - fixture
 )
+from flow_runs import billed
 from oracle import expected_billing, expected_in_kaseyaone
 from sandbox_env import child_env, output, sends_per_key, sends_per_partner_date, stored
 
 from bullphish_billing import lease
 from bullphish_billing.dates import today_utc
+from bullphish_billing.results import RunSummary
 from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
 
 DAY = today_utc() - dt.timedelta(days=3)
@@ -150,8 +152,8 @@ def test_two_runs_of_one_date_at_once_deliver_it_once(configure, warehouse_path)
         with ThreadPoolExecutor(2) as pool:
             futures = [pool.submit(contextvars.copy_context().run, run) for _ in range(2)]
             states = [f.result() for f in futures]
-        assert all(s.is_completed() for s in states), [s.message for s in states]
-        summaries = [s.result() for s in states]
+        summaries = [s.result(raise_on_failure=False) for s in states]
+        assert all(isinstance(s, RunSummary) for s in summaries), [s.message for s in states]
         # one run billed the date; the other waited for it, then found nothing to send
         sent = sorted(sum(o.metrics_sent for o in s.outcomes) for s in summaries)
         assert sent[0] == 0 and sent[1] > 0
@@ -166,7 +168,6 @@ def test_two_runs_of_one_date_at_once_deliver_it_once(configure, warehouse_path)
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_partner_date_another_run_keeps_is_left_to_it_with_a_message(configure, warehouse_path):
-    from flows.daily_billing import daily_billing
 
     day = DAY - dt.timedelta(days=1)
     with RunningSandbox(CONFIG) as sandbox:
@@ -174,9 +175,7 @@ def test_a_partner_date_another_run_keeps_is_left_to_it_with_a_message(configure
         other = lease.RunLeases(warehouse_path, "the-other-run")
         assert other.try_acquire(lease.partner_date(day, "p_0002"))
         try:
-            summary = daily_billing(
-                usage_date=day, partner_ids=["p_0002", "p_0009"], lease_wait_s=0.5
-            )
+            summary = billed(usage_date=day, partner_ids=["p_0002", "p_0009"], lease_wait_s=0.5)
         finally:
             other.release_all()
         outcome = {o.partner_id: o for o in summary.outcomes}
@@ -186,7 +185,7 @@ def test_a_partner_date_another_run_keeps_is_left_to_it_with_a_message(configure
         assert summary.exit_code == 1
         assert {m["partner_id"] for m in sandbox.kaseyaone.stored(usage_date=day)} == {"p_0009"}
 
-        again = daily_billing(usage_date=day, partner_ids=["p_0002", "p_0009"])
+        again = billed(usage_date=day, partner_ids=["p_0002", "p_0009"])
         assert {o.partner_id: o.status for o in again.outcomes} == {
             "p_0002": "delivered",
             "p_0009": "delivered",

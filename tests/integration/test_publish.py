@@ -12,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from flow_runs import billed
 from oracle import expected_billing
 
 from bullphish_billing import publish
@@ -164,7 +165,6 @@ def test_an_analyst_holding_the_file_across_a_whole_run(configure, warehouse_pat
     """The lock test: a read-only session is open on the published file for the whole run;
     the run finishes (and publishes), the analyst's queries all succeed, and every state the
     analyst sees is the old one or the new one, complete."""
-    from flows.daily_billing import daily_billing
 
     day = yesterday_utc() - dt.timedelta(days=1)
     target = tmp_path / "analytics.duckdb"  # the default: next to the warehouse
@@ -176,7 +176,7 @@ def test_an_analyst_holding_the_file_across_a_whole_run(configure, warehouse_pat
         configure(sandbox)
         held, fresh = Analyst(target, "held"), Analyst(target, "fresh")
         try:
-            summary = daily_billing(usage_date=day)
+            summary = billed(usage_date=day)
         finally:
             held_seen, fresh_seen = held.stop(), fresh.stop()
         world = sandbox.world
@@ -211,7 +211,7 @@ def test_an_analyst_holding_the_file_across_a_whole_run(configure, warehouse_pat
         unmapped = pub.execute(
             "SELECT DISTINCT partner_id, organization_id, reason FROM unmapped_organizations"
         ).fetchall()
-    billed = {(p, o) for p, o, _ in expected.metrics}
+    billed_orgs = {(p, o) for p, o, _ in expected.metrics}
     want = set()
     for pid in delivered:
         mapped = {m["module_organization_id"] for m in world.organization_mappings(pid)}
@@ -220,7 +220,7 @@ def test_an_analyst_holding_the_file_across_a_whole_run(configure, warehouse_pat
             if fetches[pid] == "not_linked"
             else "organization not mapped to a PSA company"
         )
-        want |= {(p, o, reason) for p, o in billed if p == pid and o not in mapped}
+        want |= {(p, o, reason) for p, o in billed_orgs if p == pid and o not in mapped}
     assert set(unmapped) == want
     assert ("p_0001", "o_0001o0003", "organization not mapped to a PSA company") in want
 

@@ -26,6 +26,7 @@ from fault_tools import (
     prefect_api_url,  # noqa: F401 - fixture
     stored,
 )
+from flow_runs import billed
 from sandbox_env import child_env, output, run_cli, sandbox_env
 
 from bullphish_billing.dates import yesterday_utc
@@ -268,7 +269,7 @@ def test_a_disk_that_fills_between_send_and_record_loses_nothing_and_doubles_not
         unrecorded = pending & set(answered)
         assert unrecorded
 
-        summary = daily_billing(usage_date=DAY)
+        summary = billed(usage_date=DAY)
         assert summary.earlier_batches_sent >= len(unrecorded)
         replayed = {r.idempotency_key for r in sandbox.kaseyaone.requests if r.replayed}
         assert unrecorded <= replayed

@@ -173,8 +173,8 @@ def hostile_records(draw: st.DrawFn) -> Any:
         return draw(
             st.none()
             | st.integers(-5, 5)
-            | st.floats(allow_nan=False)
-            | UNICODE
+            | st.floats(allow_nan=False, allow_infinity=False)  # json.dumps writes Infinity,
+            | UNICODE  # which no JSON reader takes: such bodies have tests of their own below
             | st.lists(JSON_SCALARS, max_size=2)
         )
     out = draw(good_records())

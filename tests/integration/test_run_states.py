@@ -1,0 +1,105 @@
+"""A run with problems is red in Prefect: `daily-billing` ends Completed exactly when the command
+would exit 0 and Failed otherwise, with its one-line summary as the state's message; a backfill
+follows its dates; each partner's `report-<partner>-<date>` task run shows its outcome."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+
+from bullphish_billing.dates import today_utc
+from bullphish_billing.results import PROBLEMS, BackfillSummary, RunSummary
+from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+DAY = today_utc() - dt.timedelta(days=4)
+CONFIG = SandboxConfig(today=today_utc())  # held, skipped and partly delivered partners
+CLEAN = ["p_0002", "p_0009"]  # partners that deliver with nothing held or rejected
+
+
+def flow_run(run_id: str):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id)
+
+
+def task_runs(run_id: str, wanted: int, timeout_s: float = 30.0) -> list:
+    """The flow run's task runs, once the API holds at least `wanted` of them in a final state
+    (the report tasks' states reach the API a moment after the flow ends)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+            )
+            final = [t for t in runs if t.state is not None and t.state.is_final()]
+            if len(final) >= wanted or time.monotonic() > deadline:
+                return final
+
+
+def test_a_run_with_problems_is_failed_with_its_summary_and_points_at_its_partners(configure):
+    from flows.daily_billing import daily_billing
+
+    with RunningSandbox(CONFIG) as sandbox:
+        configure(sandbox)
+        state = daily_billing(usage_date=DAY, return_state=True)
+    summary = state.result(raise_on_failure=False)
+    assert isinstance(summary, RunSummary)  # the summary stays retrievable from the state
+    assert summary.exit_code == 1 and any(o.status in PROBLEMS for o in summary.outcomes)
+    line = f"{DAY}: {summary.one_line()}"
+    assert state.is_failed() and state.message == line
+
+    stored = flow_run(summary.run_id).state
+    assert stored.type.value == "FAILED" and stored.name == "Failed"  # Prefect's own Failed
+    assert stored.message == line
+
+    reports = {
+        t.name: t.state
+        for t in task_runs(summary.run_id, wanted=len(summary.outcomes))
+        if t.name.startswith("report-")
+    }
+    assert len(reports) == len(summary.outcomes)
+    names = {"delivered": "Delivered", "partial": "Partly delivered", "skipped": "Skipped"}
+    names |= {"held": "Held", "failed": "Not delivered"}
+    for outcome in summary.outcomes:
+        report = reports[f"report-{outcome.partner_id}-{DAY}"]
+        assert report.name == names[outcome.status], (outcome, report)
+        assert report.message.startswith(f"{outcome.status}"), report.message
+        if outcome.reason:
+            assert outcome.reason[:40] in report.message
+
+
+def test_a_clean_run_is_completed(configure):
+    from flows.daily_billing import daily_billing
+
+    with RunningSandbox(CONFIG) as sandbox:
+        configure(sandbox)
+        state = daily_billing(usage_date=DAY, partner_ids=CLEAN, return_state=True)
+    summary = state.result()
+    assert isinstance(summary, RunSummary) and summary.exit_code == 0
+    assert state.is_completed()
+    assert flow_run(summary.run_id).state.type.value == "COMPLETED"
+
+
+def test_a_backfill_is_failed_when_a_date_is_and_names_it(configure):
+    from flows.backfill import backfill
+
+    days = [DAY - dt.timedelta(days=1), DAY]
+    with RunningSandbox(CONFIG) as sandbox:
+        configure(sandbox)
+        clean = backfill(start=days[0], end=days[1], partner_ids=CLEAN, return_state=True)
+        red = backfill(start=days[0], end=days[1], return_state=True)
+    assert clean.is_completed() and clean.result().exit_code == 0
+
+    summary = red.result(raise_on_failure=False)
+    assert isinstance(summary, BackfillSummary) and summary.exit_code == 1
+    assert red.is_failed()
+    for day in days:  # every date had problems: each is named, with how it ended
+        assert f"{day} problems" in red.message, red.message
