@@ -36,6 +36,7 @@ from typing import Protocol
 
 import duckdb
 
+from bullphish_billing import stopping
 from bullphish_billing.dates import check_usage_date
 from bullphish_billing.outcomes import RunSummary
 from bullphish_billing.settings import Settings
@@ -284,7 +285,10 @@ def run_dates(
 
     def one(day: dt.date) -> None:
         try:
-            result = run_one(day)
+            if stopping.stopping():  # SIGTERM or Ctrl-C: no further date (stopping.py)
+                result = DateResult.failure(day, stopping.reason())
+            else:
+                result = run_one(day)
         except Exception as exc:  # noqa: BLE001 - a failed date is reported, the rest go on
             result = DateResult.failure(day, exc)
         with lock:
@@ -301,7 +305,7 @@ def run_dates(
             for future in futures:
                 future.result()
         finally:
-            # on Ctrl-C, start no further date; the dates in progress finish
+            # on an exception, start no further date; the dates in progress finish
             pool.shutdown(wait=True, cancel_futures=True)
     return [results[d] for d in ordered if d in results]
 

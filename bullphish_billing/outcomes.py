@@ -43,9 +43,13 @@ class RunSummary:
     earlier_batches_sent: int = 0
     still_pending: int = 0
     notes: list[str] = field(default_factory=list)
+    stopped_by: int | None = None
+    """The signal that stopped the run (SIGTERM, SIGINT: stopping.py), if one did."""
 
     @property
     def exit_code(self) -> int:
+        if self.stopped_by is not None:
+            return 128 + self.stopped_by
         problems = any(o.status in PROBLEM_STATUSES for o in self.outcomes)
         return 1 if problems or self.still_pending or self.notes else 0
 
@@ -126,6 +130,15 @@ def start_run(
     con.execute(
         "INSERT OR REPLACE INTO ops.runs VALUES (?, ?, ?, now(), NULL, NULL)",
         [run_id, usage_date, dry_run],
+    )
+
+
+def finish_stopped(con: duckdb.DuckDBPyConnection, run_id: str, exit_code: int) -> None:
+    """Close the ops.runs row of a run stopped before it decided on any partner."""
+    con.execute(
+        "UPDATE ops.runs SET finished_at = now(), exit_code = ? "
+        "WHERE run_id = ? AND finished_at IS NULL",
+        [exit_code, run_id],
     )
 
 

@@ -19,7 +19,9 @@ from bullphish_billing import (
     outcomes,
     reporting,
     stages,
+    stopping,
 )
+from bullphish_billing.clients import StoppedError
 from bullphish_billing.dates import yesterday_utc
 from bullphish_billing.errors import USER_FACING_ERRORS
 from bullphish_billing.extract import ExtractResult
@@ -59,6 +61,11 @@ def daily_billing(
     except USER_FACING_ERRORS as exc:
         # bad configuration or input: fail the run with a one-line message, no traceback
         get_run_logger().error("%s", exc)
+        return Failed(message=str(exc), data=exc)
+    except StoppedError as exc:
+        # asked to stop (SIGTERM, Ctrl-C) before it decided on any partner: it ends recorded
+        get_run_logger().warning("%s", exc)
+        _finish_stopped(run_id)
         return Failed(message=str(exc), data=exc)
     finally:
         # the analysts' file, after every run that started, however it ended
@@ -129,6 +136,7 @@ def _bill(
         dry_run=dry_run,
         outcomes=outcomes.combine(day, decisions, extracts, evaluations, report, dry_run),
         earlier_batches_sent=earlier.report.batches_sent if earlier else 0,
+        stopped_by=stopping.stop_signal(),
     )
     with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
         summary.still_pending = 0 if dry_run else _still_pending(con, leases)
@@ -159,7 +167,8 @@ def _bill(
         summary.outcomes,
         unmapped(changes),
     )
-    if not dry_run:  # the organization mappings only inform analysts: they come last
+    # the organization mappings only inform analysts: they come last, and not once stopping
+    if not dry_run and not stopping.stopping():
         fetched = billing.fetch_mappings(settings, day, computed)
         with leases.holding(lease.organization_mappings(), wait_s=lease_wait_s):
             billing.store_mappings(settings, day, fetched, run_id)  # shared by every date
@@ -175,3 +184,10 @@ def _still_pending(con, leases: lease.RunLeases) -> int:
         for usage_date, partner_id, n in delivery.pending_partner_dates(con)
         if leases.free_or_ours(lease.partner_date(usage_date, partner_id))
     )
+
+
+def _finish_stopped(run_id: str) -> None:
+    signum = stopping.stop_signal() or 0
+    settings = load_settings()
+    with open_warehouse(settings.warehouse, lock_wait_s=settings.warehouse_lock_wait_s) as con:
+        outcomes.finish_stopped(con, run_id, 128 + signum)

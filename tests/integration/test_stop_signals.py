@@ -7,7 +7,8 @@ on stderr, no traceback. The next run bills exactly what is still pending, once.
 Real parts only: the sandbox APIs on loopback (slowed down by their latency knob, so the
 signal lands mid-run), `python -m bullphish_billing run` in a child process in a session of
 its own (so the test can signal its process group), Prefect's temporary server started by the
-command itself (a temporary PREFECT_HOME, no PREFECT_API_URL).
+command itself (a temporary PREFECT_HOME, no PREFECT_API_URL). The next run uses the test
+session's Prefect server.
 """
 
 from __future__ import annotations
@@ -24,16 +25,24 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from fault_tools import assert_delivered_exactly_once, our_error_lines
-from sandbox_env import run_cli, sandbox_env, scrubbed_environ
+from fault_tools import (
+    assert_delivered_partner_dates_are_in_kaseyaone,
+    assert_no_double_sends,
+    differences,
+    expected_stored,
+    our_error_lines,
+    prefect_api_url,  # noqa: F401 - fixture
+)
+from sandbox_env import run_cli, sandbox_env, scrubbed_environ, stored
 
 from bullphish_billing.dates import yesterday_utc
 from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
 
-# two batches per partner-date (520 organizations), every request slowed down: the delivery
-# of the date takes a few seconds, and the signal is sent once the first batch is stored
-SLOW = SandboxConfig(seed=21, partners=10, organizations_per_partner=520,
+# three batches per partner-date (1600 organizations), every request slowed down: the signal
+# is sent once a first batch is stored, while the second is on the wire and the third waits
+SLOW = SandboxConfig(seed=21, partners=10, organizations_per_partner=1600,
                      targets_per_organization=2, latency_ms=300)  # fmt: skip
+UNLINKED = "p_0007"  # KaseyaOne refuses its batches (422): they never leave the outbox
 EXIT_WITHIN_S = 30.0
 
 
@@ -95,6 +104,26 @@ def wait_for(condition, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def assert_billed_exactly_once(sandbox: RunningSandbox, warehouse: Path, day: dt.date) -> None:
+    """KaseyaOne holds exactly the metrics the sandbox's data implies for the date, nothing was
+    applied twice, the warehouse records nothing as delivered that KaseyaOne does not hold, and
+    nothing is pending but the unlinked partner's batches. (fault_tools'
+    assert_delivered_exactly_once wants nothing pending at all: with three batches per
+    partner-date, the unlinked partner's second and third stay pending after its first is
+    refused, by design: delivery.py keeps a partner-date's batches in order.)"""
+    got, want = stored(sandbox, day), expected_stored(sandbox, day)
+    assert want, "the sandbox should bill something on this date"
+    assert got == want, f"KaseyaOne on {day}: {differences(got, want)}"
+    assert_no_double_sends(sandbox)
+    assert_delivered_partner_dates_are_in_kaseyaone(sandbox, warehouse)
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        pending = con.execute(
+            "SELECT DISTINCT partner_id FROM ops.outbox WHERE status = 'pending' AND usage_date = ?",
+            [day],
+        ).fetchall()
+    assert {p for (p,) in pending} <= {UNLINKED}, pending
+
+
 def start_run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
     """The command in a child process, in a session (and process group) of its own."""
     return subprocess.Popen(
@@ -117,7 +146,12 @@ def start_run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Pop
     ],
     ids=["sigterm-to-the-command", "sigterm-to-its-group", "sigint-to-its-group"],
 )
-def test_a_signal_mid_run_stops_it_cleanly_and_the_next_run_bills_once(signum, to_group, tmp_path):
+def test_a_signal_mid_run_stops_it_cleanly_and_the_next_run_bills_once(
+    signum,
+    to_group,
+    tmp_path,
+    prefect_api_url,  # noqa: F811
+):
     day = yesterday_utc() - dt.timedelta(days=3)
     warehouse = tmp_path / "warehouse.duckdb"
     home = tmp_path / "prefect-home"
@@ -166,11 +200,21 @@ def test_a_signal_mid_run_stops_it_cleanly_and_the_next_run_bills_once(signum, t
                 "SELECT count(*) FROM ops.runs WHERE exit_code = ? AND finished_at IS NOT NULL",
                 [128 + signum],
             ).fetchall()[0][0]
+            stopped_partners = con.execute(
+                "SELECT count(*) FROM ops.partner_runs WHERE status = 'failed' AND reason LIKE ?",
+                [f"%stopped by {signum.name}%"],
+            ).fetchall()[0][0]
+            pending = con.execute(
+                "SELECT count(*) FROM ops.outbox WHERE status = 'pending'"
+            ).fetchall()[0][0]
         assert stopped_runs == 1
+        # it was stopped mid-delivery: what it did not send is pending, its partners failed
+        assert pending and stopped_partners, (pending, stopped_partners)
 
-        # the next run sends what is still pending, and every metric is billed once
-        rerun = run_cli(["run", "--date", day.isoformat()], env, tmp_path)
+        # the next run sends what is still pending, and every metric is billed once (on the
+        # test session's Prefect server: no second temporary server to wait for)
+        rerun_env = env | {"PREFECT_API_URL": prefect_api_url}
+        rerun = run_cli(["run", "--date", day.isoformat()], rerun_env, tmp_path)
         assert rerun.returncode == 1, rerun.stderr[-3000:]  # p_0007 unlinked, p_0008 rejected
         assert "Traceback" not in rerun.stdout + rerun.stderr
-        assert_delivered_exactly_once(sandbox, warehouse, day)
-        wait_for(lambda: not our_processes(home), 10, "the second run's server to end")
+        assert_billed_exactly_once(sandbox, warehouse, day)
