@@ -15,7 +15,7 @@ The mechanism, and why (options weighed against what we measured on DuckDB 2.0.1
   release its row either: the lease needs a time-to-live and a heartbeat (more opens of the
   file), and a restarted backfill must wait the lease out.
 - Prefect's global concurrency limits (`strict=True`) exclude only runs that talk to the same
-  Prefect server. A CLI run without `PREFECT_API_URL` runs on its own ephemeral server, so it
+  Prefect server. A CLI run without `PREFECT_API_URL` runs on a temporary server of its own, so it
   would not see a worker's run at all; the limits must also exist beforehand (one per
   partner-date, or one coarse limit), and a killed holder's slot is freed only when its lease
   on the server expires.
