@@ -82,9 +82,9 @@ def ensure_api() -> TemporaryServer | None:
     configured. PrefectServerError, one line, if it does not answer within START_TIMEOUT_S;
     Stopped if the command is asked to stop meanwhile."""
     global _current
-    from prefect.settings import Settings
+    from prefect.settings import get_current_settings
 
-    settings = Settings()
+    settings = get_current_settings()  # a test harness's too, not only the environment's
     if settings.api.url:
         return None
     home = Path(settings.home).expanduser()

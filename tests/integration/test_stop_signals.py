@@ -218,3 +218,45 @@ def test_a_signal_mid_run_stops_it_cleanly_and_the_next_run_bills_once(
         assert rerun.returncode == 1, rerun.stderr[-3000:]  # p_0007 unlinked, p_0008 rejected
         assert "Traceback" not in rerun.stdout + rerun.stderr
         assert_billed_exactly_once(sandbox, warehouse, day)
+
+
+# A command whose work ignores the stop flag (a stage stuck on something): the main thread
+# still ends it, after the grace period (cut here to 1 s) or at once on a second signal.
+STUCK = (
+    "import sys, time\n"
+    "from bullphish_billing import cli\n"
+    "cli.STOP_GRACE_S = float(sys.argv[1])\n"
+    "def work():\n"
+    "    print('working', flush=True)  # the handlers are in place\n"
+    "    time.sleep(120)\n"
+    "sys.exit(cli.run_stoppable('run', work))\n"
+)
+
+
+@pytest.mark.parametrize("second_signal", [False, True], ids=["grace-ends", "second-signal"])
+def test_a_run_that_does_not_stop_is_ended_after_the_grace_period_or_a_second_signal(
+    second_signal, tmp_path
+):
+    grace_s = 60.0 if second_signal else 1.0
+    child = subprocess.Popen(
+        [sys.executable, "-c", STUCK, str(grace_s)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "working"
+        os.killpg(child.pid, signal.SIGTERM)
+        if second_signal:
+            time.sleep(0.5)
+            assert child.poll() is None  # the first signal waits for the run
+            os.killpg(child.pid, signal.SIGINT)
+        _, stderr = child.communicate(timeout=EXIT_WITHIN_S)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    assert child.returncode == (130 if second_signal else 143), stderr
+    assert len(stderr.splitlines()) == 1 and "Traceback" not in stderr, stderr
+    assert stderr.startswith("bullphish-billing run: stopped by "), stderr
