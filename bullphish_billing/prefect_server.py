@@ -92,7 +92,12 @@ def ensure_api() -> TemporaryServer | None:
     log_path = home / LOG_NAME
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    # the server needs none of the pipeline's settings (its API credentials least of all)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "PREFECT_API_URL" and not k.startswith(("BULLPHISH_", "KASEYAONE_", "BILLING_"))
+    }
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     with log_path.open("ab") as log, _lock:
         stopping.check()
