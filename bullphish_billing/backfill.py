@@ -387,5 +387,7 @@ def run_backfill(
         return 1
     for r in data.results:
         print(f"{r.usage_date}  {r.status:<9} {r.detail}")
-    print(f"{data.one_line()} (exit {data.exit_code})")
-    return data.exit_code
+    signum = stopping.stop_signal()  # stopped: the command exits 128 + signum (cli.py)
+    code = data.exit_code if signum is None else 128 + signum
+    print(f"{data.one_line()} (exit {code})")
+    return code
