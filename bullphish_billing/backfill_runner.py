@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Protocol
 
+from bullphish_billing import stopping
 from bullphish_billing.results import DateResult
 
 
@@ -63,7 +64,10 @@ def run_dates(
 
     def one(day: dt.date) -> None:
         try:
-            result = run_one(day)
+            if stopping.stopping():  # SIGTERM or Ctrl-C: no further date (stopping.py)
+                result = DateResult.failure(day, stopping.reason())
+            else:
+                result = run_one(day)
         except Exception as exc:  # noqa: BLE001 - a failed date is reported, the rest go on
             result = DateResult.failure(day, exc)
         with lock:
@@ -80,6 +84,6 @@ def run_dates(
             for future in futures:
                 future.result()
         finally:
-            # on Ctrl-C, start no further date; the dates in progress finish
+            # on an exception, start no further date; the dates in progress finish
             pool.shutdown(wait=True, cancel_futures=True)
     return [results[d] for d in ordered if d in results]

@@ -2,21 +2,36 @@
 
 Exit codes (docs/billing-rules.md): 0 everything billable delivered (or the dry run done);
 1 finished, but something was held, rejected or failed; 2 usage or configuration error, one
-line, no traceback. What `run` and `backfill` do is in commands.py; the modules that command
-needs are imported when it runs, so `--help` answers at once.
+line, no traceback; 130 stopped by SIGINT (Ctrl-C), 143 stopped by SIGTERM, one line. What
+`run` and `backfill` do is in commands.py; the modules that command needs are imported when it
+runs, so `--help` answers at once.
+
+`run` and `backfill` run their flow in a worker thread, and the main thread handles SIGINT and
+SIGTERM (`stopping.py`): the first one asks the run to stop starting new work; the run records
+what it has and publishes the analysts' file, and the command stops Prefect's temporary server
+(`prefect_server.py`) and exits with 128 + the signal's number. A run that has not finished
+STOP_GRACE_S after the signal, or a second signal, ends the command at once, with the same
+exit code: what it had not recorded stays pending for the next run, as after a crash.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 
 from bullphish_billing import __version__
 from bullphish_billing.dates import check_usage_date, parse_date, yesterday_utc
 from bullphish_billing.errors import EXIT_OK, EXIT_USAGE, BillingError, UsageError
 from bullphish_billing.text import shown
+
+STOP_GRACE_S = 15.0
+"""How long a stopped run may take to record what it has and publish, after the signal."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 0.01), BILLING_WAREHOUSE_LOCK_WAIT_S (default 120: seconds a stage waits "
         "while another process holds the warehouse); see the README for the rest. "
         "Exit codes: 0 all delivered, 1 something held/rejected/failed, "
-        "2 usage or configuration error.",
+        "2 usage or configuration error, 130 stopped by Ctrl-C (SIGINT), 143 stopped by "
+        "SIGTERM.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -186,13 +202,95 @@ COMMANDS = {
 }
 
 
+STOPPABLE = ("run", "backfill")
+STOPPED = "what was done is recorded and the analysts' file published; the next run sends the rest"
+CUT_SHORT = (
+    f"the run did not end within {STOP_GRACE_S:.0f} s and was cut short; the next run sends "
+    "what is pending"
+)
+SECOND_SIGNAL = "a second signal ended it at once; the next run sends what is pending"
+
+
+def _stop_line(command: str, signum: int, detail: str) -> str:
+    from bullphish_billing.stopping import signal_name
+
+    return f"bullphish-billing {command}: stopped by {signal_name(signum)}: {detail}"
+
+
+def _exit_now(command: str, signum: int, detail: str) -> None:
+    """End the command at once: one line, the temporary Prefect server stopped, exit
+    128 + signum. What the run had not recorded stays pending for the next run."""
+    from bullphish_billing import prefect_server
+
+    print(_stop_line(command, signum, detail), file=sys.stderr, flush=True)
+    try:
+        prefect_server.stop(timeout_s=5.0)
+    finally:
+        sys.stdout.flush()
+        os._exit(128 + signum)
+
+
+def run_stoppable(command: str, work: Callable[[], int]) -> int:
+    """Run `work` (a command that runs a flow) in a worker thread while this, the main
+    thread, handles SIGINT and SIGTERM; return its exit code, or 128 + the signal's number.
+    Stops Prefect's temporary server at the end, whatever happened."""
+    from bullphish_billing import prefect_server, stopping
+
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["code"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = exc
+
+    def on_signal(signum: int, frame: object) -> None:
+        if not stopping.request_stop(signum):  # a second signal: no more waiting
+            _exit_now(command, signum, SECOND_SIGNAL)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        worker = threading.Thread(target=target, name=f"bullphish-billing-{command}", daemon=True)
+        worker.start()
+        cut_off: float | None = None
+        while worker.is_alive():
+            worker.join(0.2)  # short steps: the handlers run between them
+            signum = stopping.stop_signal()
+            if signum is None:
+                continue
+            if cut_off is None:
+                cut_off = time.monotonic() + STOP_GRACE_S
+            elif time.monotonic() >= cut_off:
+                _exit_now(command, signum, CUT_SHORT)
+        prefect_server.flush_prefect()  # before its server goes: nothing is sent after
+        prefect_server.stop()
+        signum = stopping.stop_signal()
+        if signum is not None:
+            print(_stop_line(command, signum, STOPPED), file=sys.stderr, flush=True)
+            return 128 + signum
+    finally:
+        prefect_server.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["code"]  # type: ignore[return-value]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
+    from bullphish_billing.stopping import Stopped
+
     try:
+        if ns.command in STOPPABLE:
+            return run_stoppable(ns.command, lambda: COMMANDS[ns.command](ns))
         return COMMANDS[ns.command](ns)
     except BillingError as exc:  # UserError: exit 2; RunFailure: exit 1
         print(f"bullphish-billing {ns.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Stopped as exc:
+        print(f"bullphish-billing {ns.command}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("bullphish-billing: interrupted", file=sys.stderr)

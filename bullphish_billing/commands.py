@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 
-from bullphish_billing import reporting
+from bullphish_billing import reporting, stopping
 from bullphish_billing.backfill import DEFAULT_CONCURRENCY
 from bullphish_billing.backfill_runner import observing
 from bullphish_billing.cli_progress import Progress
@@ -22,7 +22,12 @@ from bullphish_billing.settings import load_settings
 
 
 def prepare_prefect() -> None:
-    """Quiet Prefect for a command run in this process."""
+    """A Prefect API for a command run in this process (with none configured, a temporary
+    server of our own: one that a signal to our process group does not kill, and that goes
+    when we go), and Prefect quiet."""
+    from bullphish_billing import prefect_server
+
+    prefect_server.ensure_api()
     # Prefect's telemetry writes to its SQLite database at the same moment as the run and
     # makes it print `database is locked` tracebacks; it has no use here.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -125,5 +130,7 @@ def run_backfill(
         return 1
     for r in data.results:
         print(f"{r.usage_date}  {r.status:<9} {r.detail}")
-    print(f"{data.one_line()} (exit {data.exit_code})")
-    return data.exit_code
+    signum = stopping.stop_signal()  # stopped: the command exits 128 + signum (cli.py)
+    code = data.exit_code if signum is None else 128 + signum
+    print(f"{data.one_line()} (exit {code})")
+    return code

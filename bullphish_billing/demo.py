@@ -4,12 +4,18 @@ Starts the sandbox APIs (in this process) and a local Prefect server (a child pr
 run shows in its UI), runs `bullphish-billing run` against them as a child process with the
 sandbox's settings, prints where to look, and stops what it started. Everything it writes
 stays under `data/demo/`.
+
+Both children run in sessions of their own, so a signal to the demo's process group reaches
+the demo alone: SIGINT or SIGTERM is passed on to the run once (which stops as
+`bullphish-billing run` does, stopping.py), the demo stops its Prefect server and exits with
+the run's exit code (130, 143).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from bullphish_billing import stopping
 from bullphish_billing.dates import yesterday_utc
 
 DEMO_DIR = Path("data/demo")
@@ -69,6 +76,7 @@ def start_prefect_server(home: Path, port: int, log_path: Path) -> subprocess.Po
 def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        stopping.check()
         if process.poll() is not None:
             raise RuntimeError("the Prefect server exited during start-up")
         try:
@@ -76,7 +84,7 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> None:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
+        stopping.sleep(0.5)
     raise RuntimeError(f"the Prefect server did not answer within {timeout_s:.0f} s")
 
 
@@ -90,8 +98,31 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
+def run_child(args: list[str], env: dict[str, str]) -> int:
+    """`args` in a session of its own; a SIGINT or SIGTERM to this process is passed on to it
+    once, and its exit code returned when it ends."""
+    child = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def forward(signum: int, frame: object) -> None:
+        if stopping.request_stop(signum) and child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def run_demo(usage_date: dt.date | None = None) -> int:
     from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
+
+    def stop_now(signum: int, frame: object) -> None:
+        stopping.request_stop(signum)  # the start-up waits see it (Stopped)
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, stop_now)
 
     day = usage_date or yesterday_utc()
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
@@ -129,14 +160,19 @@ def run_demo(usage_date: dt.date | None = None) -> int:
                 "BILLING_ANALYTICS_FILE": str(analytics),
             }
             print(f"demo: running the daily flow for {day} ...", flush=True)
-            code = subprocess.call(
+            stopping.check()
+            code = run_child(
                 [sys.executable, "-m", "bullphish_billing", "run", "--date", day.isoformat()],
-                env=env,
-                stdin=subprocess.DEVNULL,
+                env,
             )
             stored = len(sandbox.kaseyaone.stored())
     finally:
         stop(server)
+    if stopping.stopping():
+        signum = stopping.stop_signal() or 0
+        name = stopping.signal_name(signum)
+        print(f"demo: stopped by {name} (the run's exit code: {code})", file=sys.stderr)
+        return 128 + signum
     if code not in (0, 1):
         print(f"demo: the run failed (exit {code})", file=sys.stderr)
         return code

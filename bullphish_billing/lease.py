@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bullphish_billing import stopping
 from bullphish_billing.warehouse.db import WarehouseError
 
 DEFAULT_WAIT_S = 3600.0
@@ -159,7 +160,8 @@ class RunLeases:
         for key in sorted(set(keys), key=lambda k: (str(k.usage_date), k.scope)):
             told = False
             while not self.try_acquire(key):
-                if time.monotonic() >= deadline:
+                # a run asked to stop waits a few seconds at most (stopping.STOP_WAIT_S)
+                if time.monotonic() >= stopping.wait_until(deadline):
                     missed[key] = read_holder(self.directory / key.filename())
                     break
                 if not told and on_wait is not None:

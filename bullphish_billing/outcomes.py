@@ -94,6 +94,15 @@ def start_run(
     )
 
 
+def finish_stopped(con: duckdb.DuckDBPyConnection, run_id: str, exit_code: int) -> None:
+    """Close the ops.runs row of a run stopped before it decided on any partner."""
+    con.execute(
+        "UPDATE ops.runs SET finished_at = now(), exit_code = ? "
+        "WHERE run_id = ? AND finished_at IS NULL",
+        [exit_code, run_id],
+    )
+
+
 def record(con: duckdb.DuckDBPyConnection, summary: RunSummary) -> None:
     """Write the run log rows of a run and close its ops.runs row."""
     frame = summary.to_frame()

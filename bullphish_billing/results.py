@@ -141,9 +141,13 @@ class RunSummary:
     earlier_batches_sent: int = 0
     still_pending: int = 0
     notes: list[str] = field(default_factory=list)
+    stopped_by: int | None = None
+    """The signal that stopped the run (SIGTERM, SIGINT: stopping.py), if one did."""
 
     @property
     def exit_code(self) -> int:
+        if self.stopped_by is not None:
+            return 128 + self.stopped_by
         problems = any(o.status in PROBLEMS for o in self.outcomes)
         return EXIT_PROBLEMS if problems or self.still_pending or self.notes else EXIT_OK
 

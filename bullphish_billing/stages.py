@@ -12,7 +12,16 @@ import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from bullphish_billing import billing_rules, delivery, lease, mappings, notable, outcomes, publish
+from bullphish_billing import (
+    billing_rules,
+    delivery,
+    lease,
+    mappings,
+    notable,
+    outcomes,
+    publish,
+    stopping,
+)
 from bullphish_billing.clients import FinalApiError
 from bullphish_billing.errors import ConfigurationError, UnknownPartnerError
 from bullphish_billing.extract import ExtractResult, extract_partner_list, extract_partners
@@ -265,6 +274,13 @@ def finish(ctx: RunContext, summary: RunSummary) -> RunSummary:
         summary.notes = unattributed_quarantine(con, summary.usage_date)
         outcomes.record(con, summary)
     return summary
+
+
+def finish_stopped(ctx: RunContext) -> None:
+    """Close the run's `ops.runs` row when a signal stopped it before it decided on any
+    partner (exit 128 + the signal's number: stopping.py)."""
+    with ctx.warehouse() as con:
+        outcomes.finish_stopped(con, ctx.run_id, 128 + (stopping.stop_signal() or 0))
 
 
 def _still_pending(ctx: RunContext, con) -> int:

@@ -18,7 +18,9 @@ from bullphish_billing import (
     outcomes,
     reporting,
     stages,
+    stopping,
 )
+from bullphish_billing.clients import StoppedError
 from bullphish_billing.dates import yesterday_utc
 from bullphish_billing.errors import UserError
 from bullphish_billing.results import Decision, RunSummary
@@ -66,6 +68,12 @@ def daily_billing(
     except UserError as exc:
         # bad configuration or input: fail the run with a one-line message, no traceback
         get_run_logger().error("%s", exc)
+        return Failed(message=str(exc), data=exc)
+    except StoppedError as exc:
+        # asked to stop (SIGTERM, Ctrl-C) before it decided on any partner: it ends recorded
+        get_run_logger().warning("%s", exc)
+        if ctx is not None:
+            stages.finish_stopped(ctx)
         return Failed(message=str(exc), data=exc)
     finally:
         # the analysts' file, after every run that started, however it ended
@@ -133,6 +141,7 @@ def _bill(
             dry_run=dry_run,
             outcomes=outcomes.combine(day, decisions, extracts, evaluations, report, dry_run),
             earlier_batches_sent=earlier.report.batches_sent if earlier else 0,
+            stopped_by=stopping.stop_signal(),
         ),
     )
     create_table_artifact(
@@ -163,7 +172,8 @@ def _bill(
         summary.outcomes,
         unmapped(changes),
     )
-    if not dry_run:  # the organization mappings only inform analysts: they come last
+    # the organization mappings only inform analysts: they come last, and not once stopping
+    if not dry_run and not stopping.stopping():
         fetched = billing.fetch_mappings(ctx, day, computed)
         with leases.holding(lease.organization_mappings(), wait_s=lease_wait_s):
             billing.store_mappings(ctx, day, fetched)  # shared by every date

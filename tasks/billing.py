@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
-from bullphish_billing import mappings, partner_artifacts, stages
+from bullphish_billing import mappings, partner_artifacts, stages, stopping
 from bullphish_billing.errors import UserError
 from bullphish_billing.extract import ExtractResult
 from bullphish_billing.notable import NotableChange
@@ -37,7 +37,10 @@ from bullphish_billing.warehouse.db import WarehouseError
 
 def _worth_retrying(task: object, task_run: object, state: State) -> bool:
     """Retry a stage that failed on the way to an API, not one that failed on bad
-    configuration or an unusable warehouse: those would fail the same way again."""
+    configuration or an unusable warehouse: those would fail the same way again. Nothing is
+    retried once the command is asked to stop (stopping.py)."""
+    if stopping.stopping():
+        return False
     try:
         state.result()
     except UserError:

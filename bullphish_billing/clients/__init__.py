@@ -12,6 +12,7 @@ from .errors import (
     FinalApiError,
     LimitExceededError,
     RetriesExhaustedError,
+    StoppedError,
 )
 from .kaseyaone import KaseyaOneClient, UsageResult
 from .pages import ListBudget, Page
@@ -28,5 +29,6 @@ __all__ = [
     "Page",
     "RetriesExhaustedError",
     "RetryPolicy",
+    "StoppedError",
     "UsageResult",
 ]

@@ -100,3 +100,8 @@ class RetriesExhaustedError(ApiError):
     ) -> None:
         self.attempts = attempts
         super().__init__(message, api=api, method=method, path=path, status=status, code=code)
+
+
+class StoppedError(ApiError):
+    """The command was asked to stop (SIGTERM, Ctrl-C): the request was not sent, or not
+    sent again (`bullphish_billing/stopping.py`). Not final: the next run sends it."""

@@ -8,6 +8,8 @@ Rules from the two contracts, kept here and nowhere else:
 - The per-request deadline bounds the whole logical request, retries and waits included.
 - A body, as inflated, larger than `max_body_bytes` is not read further (final: the same
   request would get the same body).
+- Once the command is asked to stop (SIGTERM, Ctrl-C: `bullphish_billing/stopping.py`), no
+  request is sent and no retry is waited for: StoppedError. A request on the wire finishes.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from typing import Any, NamedTuple, Protocol
 import httpx
 import orjson
 
+from bullphish_billing import stopping
+
 from .errors import (
     ContractViolationError,
     FinalApiError,
     LimitExceededError,
     RetriesExhaustedError,
+    StoppedError,
 )
 from .pages import decode_json
 from .redaction import Redactor
@@ -219,7 +224,20 @@ async def send_with_retries(
             attempts=attempt,
         )
 
+    def stopped() -> StoppedError:
+        what = "not sent again" if attempt else "not sent"
+        return StoppedError(
+            f"{stopping.reason()}: the request was {what}",
+            api=api,
+            method=method,
+            path=path,
+            status=last.status if last else None,
+            code=last.code if last else None,
+        )
+
     while True:
+        if stopping.stopping():
+            raise stopped()
         headers = dict(call.headers)
         token: str | None = None
         if auth is not None:
@@ -245,6 +263,8 @@ async def send_with_retries(
         response: httpx.Response | None = None
         content = b""
         async with slots:
+            if stopping.stopping():  # it may have waited for its slot a while
+                raise stopped()
             now = loop.time()
             if deadline is None:
                 started, deadline = now, now + policy.request_deadline_s
@@ -352,4 +372,16 @@ async def send_with_retries(
             last.description,
             delay,
         )
-        await asyncio.sleep(delay)
+        if await _stop_aware_sleep(delay):
+            raise stopped()
+
+
+async def _stop_aware_sleep(delay: float) -> bool:
+    """Sleep `delay` seconds, in short steps; True as soon as the command is asked to stop."""
+    end = time.monotonic() + delay
+    while not stopping.stopping():
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(left, 0.1))
+    return True

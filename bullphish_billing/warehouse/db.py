@@ -29,6 +29,7 @@ from typing import Any
 
 import duckdb
 
+from bullphish_billing import stopping
 from bullphish_billing.errors import WarehouseError
 from bullphish_billing.text import bounded, shown
 from bullphish_billing.warehouse.migrations import SchemaShapeError, SchemaVersionError, migrate
@@ -79,7 +80,8 @@ def _connect(path: Path, lock_wait_s: float) -> duckdb.DuckDBPyConnection:
         try:
             return duckdb.connect(str(path), config={"memory_limit": MEMORY_LIMIT})
         except duckdb.IOException as exc:
-            remaining = deadline - time.monotonic()
+            # a run asked to stop waits a few seconds at most (stopping.STOP_WAIT_S)
+            remaining = stopping.wait_until(deadline) - time.monotonic()
             if not _locked(exc) or remaining <= 0:
                 raise
             if not warned:

@@ -29,6 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bullphish_billing.cli_progress",
             "bullphish_billing.validation",
             "bullphish_billing.results",
+            "bullphish_billing.stopping",
         ),
     ),
     (
@@ -65,6 +66,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "command line",
         (
             "bullphish_billing.commands",
+            "bullphish_billing.prefect_server",
+            "bullphish_billing._server_guard",
             "bullphish_billing.demo",
             "bullphish_billing.cli",
             "bullphish_billing.__main__",
