@@ -27,9 +27,9 @@ def flow_run(run_id: str):
         return client.read_flow_run(run_id)
 
 
-def task_runs(run_id: str, wanted: int, timeout_s: float = 30.0) -> list:
-    """The flow run's task runs, once the API holds at least `wanted` of them in a final state
-    (the report tasks' states reach the API a moment after the flow ends)."""
+def report_runs(run_id: str, wanted: int, timeout_s: float = 30.0) -> list:
+    """The flow run's `report-...` task runs, once the API holds `wanted` of them in a final
+    state (their states reach the API a moment after the flow ends)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -39,7 +39,11 @@ def task_runs(run_id: str, wanted: int, timeout_s: float = 30.0) -> list:
             runs = client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
             )
-            final = [t for t in runs if t.state is not None and t.state.is_final()]
+            final = [
+                t
+                for t in runs
+                if t.name.startswith("report-") and t.state is not None and t.state.is_final()
+            ]
             if len(final) >= wanted or time.monotonic() > deadline:
                 return final
 
@@ -60,11 +64,7 @@ def test_a_run_with_problems_is_failed_with_its_summary_and_points_at_its_partne
     assert stored.type.value == "FAILED" and stored.name == "Failed"  # Prefect's own Failed
     assert stored.message == line
 
-    reports = {
-        t.name: t.state
-        for t in task_runs(summary.run_id, wanted=len(summary.outcomes))
-        if t.name.startswith("report-")
-    }
+    reports = {t.name: t.state for t in report_runs(summary.run_id, len(summary.outcomes))}
     assert len(reports) == len(summary.outcomes)
     names = {"delivered": "Delivered", "partial": "Partly delivered", "skipped": "Skipped"}
     names |= {"held": "Held", "failed": "Not delivered"}
