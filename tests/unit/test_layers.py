@@ -66,6 +66,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "bullphish_billing.commands",
             "bullphish_billing.demo",
+            "bullphish_billing.alerts",
             "bullphish_billing.cli",
             "bullphish_billing.__main__",
         ),
