@@ -112,6 +112,21 @@ def automations_from(spec: dict[str, Any], block_id: Any, window: dt.timedelta) 
     return made
 
 
+def notification_block(spec: dict[str, Any], payload: str, webhook_url: str) -> Any:
+    """The file's block, posting `payload`'s JSON to the URL, which it holds as a secret."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    block_spec = spec["notification_block"]
+    return CustomWebhookNotificationBlock(
+        name=block_spec["name"],
+        url="{{" + URL_SECRET + "}}",
+        method="POST",
+        json_data=block_spec["payloads"][payload],
+        headers={"Content-Type": "application/json"},
+        secrets={URL_SECRET: webhook_url},
+    )
+
+
 def server_warnings(client: Any) -> list[str]:
     """What the server's own settings would keep the alerts from working, as far as its
     /admin/settings tells (nothing if it does not answer)."""
@@ -160,7 +175,6 @@ def install(
         raise UsageError(f"no payload {payload!r} in {path.name}: {sorted(block_spec['payloads'])}")
 
     import httpx
-    from prefect.blocks.notifications import CustomWebhookNotificationBlock
     from prefect.client.orchestration import get_client
     from prefect.exceptions import PrefectHTTPStatusError
 
@@ -174,14 +188,7 @@ def install(
                 )
             for warning in server_warnings(client):
                 say(f"warning: {warning}")
-            block = CustomWebhookNotificationBlock(
-                name=block_spec["name"],
-                url="{{" + URL_SECRET + "}}",
-                method="POST",
-                json_data=block_spec["payloads"][payload],
-                headers={"Content-Type": "application/json"},
-                secrets={URL_SECRET: webhook_url},
-            )
+            block = notification_block(spec, payload, webhook_url)
             block_id = block.save(block_spec["name"], overwrite=True)
             say(f"notification block {block_spec['name']} (custom webhook, {payload}): saved")
             done = []

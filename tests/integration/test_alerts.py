@@ -228,3 +228,42 @@ def test_without_a_prefect_server_install_exits_2_in_one_line(tmp_path, receiver
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "alerts need a real Prefect server" in lines[0], output(result)
     assert "PREFECT_API_URL" in lines[0] and TOKEN not in output(result)
+
+
+@pytest.mark.parametrize("payload", ["slack", "teams"])
+def test_each_payload_posts_the_notification_as_json_to_the_secret_url(payload):
+    from bullphish_billing.alerts import load_spec, notification_block
+
+    block = notification_block(load_spec(), payload, f"https://hooks.example/{TOKEN}")
+    assert TOKEN not in block.model_dump_json() and TOKEN not in repr(block)
+    request = block._build_request_args(body='line 1\n"quoted" {{ $HOME }}', subject="Subj")
+    assert request["url"] == f"https://hooks.example/{TOKEN}" and request["method"] == "POST"
+    sent = json.dumps(request["json"])
+    assert "Subj" in sent and json.dumps('line 1\n"quoted" {{ $HOME }}')[1:-1] in sent
+    if payload == "slack":
+        assert request["json"] == {"text": 'Subj\nline 1\n"quoted" {{ $HOME }}'}
+    else:
+        card = request["json"]["attachments"][0]
+        assert card["contentType"] == "application/vnd.microsoft.card.adaptive"
+        assert card["content"]["type"] == "AdaptiveCard"
+
+
+def test_the_window_is_at_least_prefects_least_and_said_plainly():
+    from bullphish_billing.alerts import (
+        DEFAULT_WINDOW,
+        automations_from,
+        check_window,
+        load_spec,
+        window_text,
+    )
+    from bullphish_billing.errors import UsageError
+
+    assert window_text(DEFAULT_WINDOW) == "26 hours"
+    assert window_text(dt.timedelta(hours=1.5)) == "1.5 hours"
+    assert window_text(dt.timedelta(seconds=12)) == "12 seconds"
+    made = automations_from(load_spec(), "00000000-0000-0000-0000-000000000001", DEFAULT_WINDOW)
+    proactive = [a for a in made if a.trigger.posture == "Proactive"]
+    assert [a.trigger.within for a in proactive] == [DEFAULT_WINDOW]
+    assert "26 hours" in proactive[0].actions[0].subject
+    with pytest.raises(UsageError, match="at least 10 seconds"):
+        check_window(dt.timedelta(seconds=9))
