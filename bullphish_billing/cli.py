@@ -119,7 +119,58 @@ def build_parser() -> argparse.ArgumentParser:
         "configuration.",
     )
     demo.add_argument("--date", type=_date, help="usage date (default: yesterday, UTC)")
+
+    alerts = commands.add_parser(
+        "alerts",
+        help="install the alerts (Prefect automations) on the Prefect server",
+        description="Alerts are Prefect automations, kept on a Prefect server: see "
+        "automations.yaml and the README.",
+    )
+    alerts_commands = alerts.add_subparsers(dest="alerts_command", metavar="ACTION")
+    alerts_commands.required = True
+    install = alerts_commands.add_parser(
+        "install",
+        help="create or update the notification block and the automations",
+        description="On the Prefect server of PREFECT_API_URL, save a webhook notification "
+        "block and create (or update, found by name) the automations of automations.yaml: one "
+        "notifies when a daily-billing or backfill run ends Failed, Crashed or TimedOut, one "
+        "when no daily-billing run completed within the window. The webhook URL is kept only "
+        "in the block, as a secret, and never printed.",
+    )
+    install.add_argument(
+        "--webhook-url",
+        required=True,
+        metavar="URL",
+        help="where notifications are POSTed as JSON (a Slack incoming "
+        "webhook, a Teams workflow webhook, any endpoint taking JSON)",
+    )
+    install.add_argument(
+        "--format",
+        dest="payload",
+        choices=("slack", "teams"),
+        default="slack",
+        help="the JSON posted: slack (`text`, also for any "
+        "endpoint) or teams (an Adaptive Card); default slack",
+    )
+    install.add_argument(
+        "--window-hours",
+        type=_positive_float,
+        default=26.0,
+        metavar="H",
+        help="notify when no daily-billing run completed for this long (default 26)",
+    )
+    install.add_argument("--window-seconds", type=_positive_float, help=argparse.SUPPRESS)
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {shown(text)}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {shown(text)}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -194,11 +245,21 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     return run_demo(ns.date)
 
 
+def _cmd_alerts(ns: argparse.Namespace) -> int:
+    from bullphish_billing.alerts import install
+
+    seconds = ns.window_seconds or ns.window_hours * 3600
+    installed = install(ns.webhook_url, dt.timedelta(seconds=seconds), ns.payload)
+    print(f"alerts installed on {installed.server} (no completed run: {installed.window})")
+    return EXIT_OK
+
+
 COMMANDS = {
     "run": _cmd_run,
     "backfill": _cmd_backfill,
     "sandbox": _cmd_sandbox,
     "demo": _cmd_demo,
+    "alerts": _cmd_alerts,
 }
 
 

@@ -50,6 +50,8 @@ def start_prefect_server(home: Path, port: int, log_path: Path) -> subprocess.Po
         "PREFECT_LOGGING_LEVEL": "WARNING",
         # the UI asks the API at PREFECT_UI_API_URL, which `--port` does not change
         "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+        # and the links of its notifications (`ui_url`) need its UI's address
+        "PREFECT_UI_URL": f"http://127.0.0.1:{port}",
     }
     env.pop("PREFECT_API_URL", None)
     log = log_path.open("wb")

@@ -69,6 +69,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bullphish_billing.prefect_server",
             "bullphish_billing._server_guard",
             "bullphish_billing.demo",
+            "bullphish_billing.alerts",
             "bullphish_billing.cli",
             "bullphish_billing.__main__",
         ),
