@@ -189,7 +189,7 @@ def test_serve_runs_until_ctrl_c_and_stops_cleanly(stop_signal):
             banner.append(proc.stdout.readline())
         assert httpx.get(f"{url}/v1/partners", headers=BULLPHISH_TOKEN).status_code == 200
         proc.send_signal(stop_signal)
-        rest, err = proc.communicate(timeout=10)
+        rest, err = proc.communicate(timeout=30)  # a bound, not a speed: CI runs it loaded
         out = "".join(banner) + rest
     finally:
         proc.kill()
