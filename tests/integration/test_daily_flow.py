@@ -7,6 +7,7 @@ tables.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import Counter
 
 import duckdb
@@ -203,9 +204,16 @@ def test_each_partner_has_a_task_run_and_an_artifact_named_after_it(configure, w
         configure(sandbox)
         summary = run(day)
     with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[summary.run_id]))
-        )
+        # the API records the report task runs a moment after the flow returns: wait for them
+        deadline = time.monotonic() + 30
+        while True:
+            task_runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[summary.run_id]))
+            )
+            reported = [t for t in task_runs if t.name.startswith("report-")]
+            if len(reported) >= len(summary.outcomes) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
                 flow_run_id=ArtifactFilterFlowRunId(any_=[summary.run_id])
