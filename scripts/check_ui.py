@@ -5,10 +5,14 @@
 2. starts `prefect server start` on a free port with a temporary PREFECT_HOME;
 3. runs the daily flow against the sandbox with PREFECT_API_URL pointing at that server (the
    demo's set-up: `bullphish-billing run` in a child process);
-4. loads the flow-run page and its Artifacts tab, and the Artifacts page, in headless Chromium
-   (`--dump-dom` after the page's scripts ran), and checks that they render the run: its name,
-   task runs with partner and date in their names, and the artifacts (the per-partner keys
-   `billing-p-0001`, ...); saves screenshots of the pages;
+4. loads the flow-run page, its Details, Task Runs and Artifacts tabs, the failed partner's
+   task-run page and the Artifacts page in headless Chromium (`--dump-dom` after the page's
+   scripts ran), and checks that they render the run: the sandbox's run has problems (a held
+   partner, a partner KaseyaOne answers 422, metrics rejected), so it is red (`Failed`) with
+   its one-line summary as the state message; task runs carry partner and date in their names
+   and the partners' outcomes (`Not Delivered`, `Held`) as their state names; the artifacts
+   (the per-partner keys `billing-p-0001`, ...) render; saves screenshots of the pages (the
+   Task Runs tab tall enough to show every partner);
 5. prints a verdict and the screenshots' paths, stops everything it started and deletes its
    temporary files (the screenshots stay, under data/ui-check/ unless --out says otherwise).
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import html
 import json
 import os
 import shutil
@@ -37,6 +42,7 @@ from bullphish_billing.dates import yesterday_utc  # noqa: E402
 from bullphish_billing.demo import free_port, start_prefect_server, stop, wait_healthy  # noqa: E402
 from bullphish_billing.sandbox import RunningSandbox, SandboxConfig  # noqa: E402
 
+FAILED_PARTNER = "p_0007"  # the sandbox's partner KaseyaOne answers 422 (not linked)
 SERVER_TIMEOUT_S = 150
 RUN_TIMEOUT_S = 300
 PAGE_BUDGET_MS = 15000  # virtual time Chromium gives the page's scripts before dumping
@@ -51,8 +57,9 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--disable-dev-shm-usage",
     "--hide-scrollbars",
-    "--window-size=1400,1000",
 )
+WINDOW = "1400,1000"
+TALL_WINDOW = "1400,2600"  # the Task Runs tab with every partner's task run
 
 
 def say(text: str) -> None:
@@ -89,11 +96,12 @@ class Browser:
         self.chromium = chromium
         self.profile = profile
 
-    def _run(self, url: str, *extra: str) -> subprocess.CompletedProcess:
+    def _run(self, url: str, *extra: str, window: str = WINDOW) -> subprocess.CompletedProcess:
         return subprocess.run(
             [
                 self.chromium,
                 *CHROMIUM_FLAGS,
+                f"--window-size={window}",
                 f"--user-data-dir={self.profile}",
                 f"--virtual-time-budget={PAGE_BUDGET_MS}",
                 *extra,
@@ -107,9 +115,9 @@ class Browser:
     def dom(self, url: str) -> str:
         return self._run(url, "--dump-dom").stdout
 
-    def screenshot(self, url: str, path: Path) -> bool:
+    def screenshot(self, url: str, path: Path, window: str = WINDOW) -> bool:
         path.unlink(missing_ok=True)
-        self._run(url, f"--screenshot={path}")
+        self._run(url, f"--screenshot={path}", window=window)
         return path.exists() and path.stat().st_size > 10_000
 
 
@@ -184,14 +192,19 @@ def main(argv: list[str] | None = None) -> int:
             run["state_type"] == wanted and str(day) in (run["state"]["message"] or str(day)),
             f"flow run {name} (exit {code}) is {wanted}, its summary the state's message",
         )
-        task_names = sorted(
-            t["name"]
-            for t in api(api_url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
-        )
-        partner_tasks = [t for t in task_names if t.startswith("report-p_")]
+        task_runs = api(api_url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+        partner_tasks = sorted(t["name"] for t in task_runs if t["name"].startswith("report-p_"))
         checks.check(
             bool(partner_tasks) and all(t.endswith(f"-{day}") for t in partner_tasks),
             f"per-partner task runs are named with partner and date ({partner_tasks[:2]} ...)",
+        )
+        failed_task = next(
+            (t for t in task_runs if t["name"] == f"report-{FAILED_PARTNER}-{day}"), {}
+        )
+        checks.check(
+            failed_task.get("state_name") == "Not delivered",
+            f"report-{FAILED_PARTNER}-{day}'s state names its outcome "
+            f"({failed_task.get('state_name')!r})",
         )
         artifacts = api(
             api_url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}
@@ -206,21 +219,40 @@ def main(argv: list[str] | None = None) -> int:
         artifact = f"{url}/v2/artifacts/artifact"
         pages = {
             "flow-run.png": page,
+            "flow-run-details.png": f"{page}?tab=Details",
             "flow-run-task-runs.png": f"{page}?tab=TaskRuns",
+            "task-run-failed-partner.png": f"{url}/v2/runs/task-run/{failed_task.get('id')}",
             "flow-run-artifacts.png": f"{page}?tab=Artifacts",
             "artifact-history-billing-p-0002.png": f"{url}/v2/artifacts/key/billing-p-0002",
             "artifact-billing-p-0008.png": f"{artifact}/{ids.get('billing-p-0008')}",
             "artifact-notable-changes.png": f"{artifact}/{ids.get(f'notable-changes-{day}')}",
         }
         dom = {file: browser.dom(address) for file, address in pages.items()}
+        badge = "Completed" if code == 0 else "Failed"
         checks.check(
-            name in dom["flow-run.png"] and "Completed" in dom["flow-run.png"],
-            f"the flow-run page renders the run ({name}, Completed)",
+            name in dom["flow-run.png"] and f">{badge}<" in dom["flow-run.png"],
+            f"the flow-run page renders the run ({name}) with a {badge} badge",
         )
+        message = run["state"]["message"] or ""
         checks.check(
-            f"publish-{day}" in dom["flow-run-task-runs.png"]
-            and f"report-p_0002-{day}" in dom["flow-run-task-runs.png"],
-            "the flow-run page's Task Runs tab lists them, named with partner and date",
+            "State Message" in dom["flow-run-details.png"]
+            and html.escape(message, quote=False) in dom["flow-run-details.png"],
+            f"the Details tab shows the state message ({message!r})",
+        )
+        tasks_dom = dom["flow-run-task-runs.png"]
+        checks.check(
+            f"publish-{day}" in tasks_dom
+            and f"report-p_0002-{day}" in tasks_dom
+            and f"report-{FAILED_PARTNER}-{day}" in tasks_dom
+            and "not delivered" in tasks_dom.lower()
+            and ">held<" in tasks_dom.lower(),
+            "the Task Runs tab lists them, named with partner and date, the failed partner "
+            "'Not Delivered' and the held one 'Held'",
+        )
+        failed_dom = dom["task-run-failed-partner.png"]
+        checks.check(
+            f"report-{FAILED_PARTNER}-{day}" in failed_dom and "partner_not_linked" in failed_dom,
+            "the failed partner's task-run page names it and KaseyaOne's reason",
         )
         checks.check(
             "billing-p-0002" in dom["flow-run-artifacts.png"]
@@ -242,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             "the notable-changes artifact renders",
         )
         for file, address in pages.items():
-            ok = browser.screenshot(address, out / file)
+            window = TALL_WINDOW if file == "flow-run-task-runs.png" else WINDOW
+            ok = browser.screenshot(address, out / file, window)
             checks.check(ok, f"screenshot {out / file}")
     except Exception as exc:  # noqa: BLE001 - a verdict, not a traceback
         checks.check(False, f"{type(exc).__name__}: {exc}")
