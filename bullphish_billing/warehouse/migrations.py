@@ -17,9 +17,10 @@ A migration is for tables (and for dropping a view): number it N+1 below, change
 declaration in `schema.TABLES` (the latest shape, which `migrate` checks files against and
 publishes), and write its step (an ALTER, a backfill, ...). A file at version N is checked
 against the shape of migrations 1..N, so each step must keep creating what it created: 0001
-creates `schema.TABLES` as it is today (version 1, the tables of main at b9acdc2, which
-tests/integration/test_migrations.py upgrades); before the first table change, give 0001 its
-own copy of the version-1 declarations.
+creates the tables of version 1 (`VERSION_1_TABLES`, the tables of main at b9acdc2, which
+tests/integration/test_migrations.py upgrades) from their declarations in `schema.TABLES`, which
+no migration has changed yet; before the first change of one of them, give 0001 its own copy of
+its version-1 declaration. A new table is created by its own migration (0002 onwards).
 """
 
 from __future__ import annotations
@@ -53,15 +54,50 @@ class Migration:
     copy)."""
 
 
+def _create(con: duckdb.DuckDBPyConnection, keys: bool, names: tuple[str, ...]) -> None:
+    """Create the tables `names` of `schema.TABLES` (their current declarations)."""
+    by_name = {table.name: table for table in TABLES}
+    for name in names:
+        create_table(con, by_name[name], keys=keys)
+
+
+VERSION_1_TABLES = (
+    "ops.schema_version",
+    "raw.partners",
+    "raw.organizations",
+    "raw.targets",
+    "ops.extractions",
+    "ops.quarantine",
+    "ops.runs",
+    "ops.partner_runs",
+    "main.billing_metrics",
+    "ops.outbox",
+    "ops.rejected_metrics",
+    "ops.acknowledged_metrics",
+    "ops.mapping_fetches",
+    "ops.organization_mappings",
+    "ops.notable_changes",
+)
+"""The tables of version 1, none changed since: 0001 creates them from `schema.TABLES`. The
+first migration that changes one of them gives 0001 its own copy of its version-1 declaration."""
+
+
 def _0001_initial(con: duckdb.DuckDBPyConnection, keys: bool) -> None:
-    """Schema version 1: the schemas raw and ops, every table with its comments."""
+    """Schema version 1: the schemas raw and ops, the tables of main at b9acdc2."""
     for schema in SCHEMAS:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-    for table in TABLES:
-        create_table(con, table, keys=keys)
+    _create(con, keys, VERSION_1_TABLES)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial", _0001_initial),)
+def _0002_reconciliation(con: duckdb.DuckDBPyConnection, keys: bool) -> None:
+    """Schema version 2: the reconciliation with KaseyaOne's stored usage (issue 14)."""
+    _create(con, keys, ("ops.reconciliation", "ops.reconciliation_differences"))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial", _0001_initial),
+    Migration(2, "reconciliation", _0002_reconciliation),
+)
 
 LATEST = MIGRATIONS[-1].version
 

@@ -376,6 +376,73 @@ TABLES: tuple[Table, ...] = (
         ),
         ("usage_date", "partner_id", "organization_id", "billing_type"),
     ),
+    Table(
+        "ops.reconciliation",
+        "Every reconciliation with KaseyaOne: one row per check of a partner-date, comparing "
+        "what KaseyaOne holds (GET /v1/billing/usage) with what it acknowledged "
+        "(ops.acknowledged_metrics, accepted rows), with the counts per result. The "
+        "differences themselves are in ops.reconciliation_differences.",
+        (
+            _c(
+                "check_id",
+                "VARCHAR NOT NULL",
+                "The reconciliation pass (one per reconcile task or command) the check belongs to.",
+            ),
+            USAGE_DATE,
+            PARTNER_ID,
+            _c(
+                "status",
+                "VARCHAR NOT NULL",
+                "clean (every metric matches), differences, or failed (KaseyaOne could not be "
+                "read: error says why; nothing compared).",
+            ),
+            _c("metrics_acknowledged", "INTEGER", "Metrics KaseyaOne acknowledged, per us."),
+            _c("metrics_at_kaseyaone", "INTEGER", "Metrics KaseyaOne holds for the partner-date."),
+            _c("matched", "INTEGER", "Metrics held with the units acknowledged (match)."),
+            _c("missing", "INTEGER", "Acknowledged metrics KaseyaOne no longer holds."),
+            _c("differing", "INTEGER", "Metrics KaseyaOne holds with other units (differs)."),
+            _c("unexpected", "INTEGER", "Metrics KaseyaOne holds that we never acknowledged."),
+            _c("error", "VARCHAR", "Why the check failed; NULL otherwise."),
+            RUN_ID,
+            _c("checked_at", "TIMESTAMPTZ NOT NULL", "When KaseyaOne was read."),
+        ),
+        ("check_id", "usage_date", "partner_id"),
+    ),
+    Table(
+        "ops.reconciliation_differences",
+        "Each metric a reconciliation found not as acknowledged: missing_at_kaseyaone, differs "
+        "or unexpected_at_kaseyaone, with both sides' units. Matches are only counted "
+        "(ops.reconciliation).",
+        (
+            _c("check_id", "VARCHAR NOT NULL", "The check (ops.reconciliation)."),
+            USAGE_DATE,
+            PARTNER_ID,
+            _c("organization_id", "VARCHAR NOT NULL", "BullPhish ID organization id."),
+            _c("billing_type", "VARCHAR NOT NULL", "Billing type."),
+            _c(
+                "difference",
+                "VARCHAR NOT NULL",
+                "missing_at_kaseyaone, differs or unexpected_at_kaseyaone.",
+            ),
+            _c(
+                "acknowledged_units",
+                "BIGINT",
+                "Units KaseyaOne acknowledged; NULL for unexpected_at_kaseyaone.",
+            ),
+            _c(
+                "kaseyaone_units",
+                "BIGINT",
+                "Units KaseyaOne holds; NULL for missing_at_kaseyaone.",
+            ),
+            _c(
+                "kaseyaone_received_at",
+                "TIMESTAMPTZ",
+                "KaseyaOne's received_at of the metric it holds; NULL when missing.",
+            ),
+            _c("checked_at", "TIMESTAMPTZ NOT NULL", "When KaseyaOne was read."),
+        ),
+        ("check_id", "usage_date", "partner_id", "organization_id", "billing_type"),
+    ),
 )
 
 ANALYTICS_MARKER = Table(
