@@ -129,6 +129,8 @@ def _validate(entity: Entity, batch: _Batch) -> list[tuple[Snapshot, ValidatedBa
             pa.array(number_of_page[rows_page]),
         )
         bad = part.bad.assign(page_no=number_of_page[bad_page])
+        fixed_page = part.normalized["page_no"].to_numpy(dtype=np.int64)
+        fixed = part.normalized.assign(page_no=number_of_page[fixed_page])
         for owner in {id(o): o for o in batch.owners}.values():
             mine_rows = owner_of_page[rows_page] == id(owner)
             mine_bad = owner_of_page[bad_page] == id(owner)
@@ -139,6 +141,9 @@ def _validate(entity: Entity, batch: _Batch) -> list[tuple[Snapshot, ValidatedBa
                         ValidatedBatch(
                             rows=rows.filter(pa.array(mine_rows)),
                             bad=bad[mine_bad].reset_index(drop=True),
+                            normalized=fixed[owner_of_page[fixed_page] == id(owner)].reset_index(
+                                drop=True
+                            ),
                         ),
                     )
                 )

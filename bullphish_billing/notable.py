@@ -20,10 +20,20 @@ from dataclasses import dataclass
 import duckdb
 
 from bullphish_billing.results import MODULES, SubscriptionType
+from bullphish_billing.stale_targets import StaleOrganization
 from bullphish_billing.warehouse import sqlfiles
 from bullphish_billing.warehouse.db import fetch_all, transaction
 
 ARTIFACT_ROWS = 200  # an artifact lists at most this many; the table has them all
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What the notable-changes stage found for a date: the changes against the previous day,
+    and the organizations with stale active users (`stale_targets`)."""
+
+    changes: list[NotableChange]
+    stale: list[StaleOrganization]
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,22 @@ class Settings(BaseSettings):
         description="The fewest users a notable per-user change moves (with "
         "BILLING_NOTABLE_CHANGE).",
     )
+    stale_days: int = Field(
+        180,
+        alias="BILLING_STALE_DAYS",
+        ge=1,
+        description="An active target whose updated_at is older than this many days before "
+        "the usage date is a stale user (counted in stale_active_targets; billing does not "
+        "change).",
+    )
+    stale_share: float = Field(
+        0.25,
+        alias="BILLING_STALE_SHARE",
+        ge=0.0,
+        le=1.0,
+        description="A per-user organization whose stale users are more than this share of "
+        "its active users is listed in the run's notable-changes artifact.",
+    )
     analytics_file: Path | None = Field(
         None,
         alias="BILLING_ANALYTICS_FILE",

@@ -20,6 +20,7 @@ from bullphish_billing import (
     notable,
     outcomes,
     publish,
+    stale_targets,
     stopping,
 )
 from bullphish_billing.clients import FinalApiError
@@ -181,10 +182,11 @@ def evaluate(ctx: RunContext, usage_date: dt.date, partner_ids: list[str]) -> di
 
 def notable_changes(
     ctx: RunContext, usage_date: dt.date, partner_ids: list[str]
-) -> list[notable.NotableChange]:
-    """Detect and store the partner-dates' notable changes against the previous day."""
+) -> notable.Findings:
+    """Detect and store the partner-dates' notable changes against the previous day, and
+    their stale active users."""
     with ctx.warehouse() as con:
-        return notable.detect(
+        changes = notable.detect(
             con,
             usage_date,
             partner_ids,
@@ -192,6 +194,10 @@ def notable_changes(
             min_users=ctx.settings.notable_min_users,
             run_id=ctx.run_id,
         )
+        stale = stale_targets.detect(
+            con, usage_date, partner_ids, stale_days=ctx.settings.stale_days, run_id=ctx.run_id
+        )
+    return notable.Findings(changes, stale)
 
 
 # -- delivery ------------------------------------------------------------------------------

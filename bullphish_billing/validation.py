@@ -19,6 +19,7 @@ partner-date and live in `billing_rules`, in SQL.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -238,13 +239,25 @@ _SCHEMAS = {
 
 QUARANTINE_COLUMNS = ("record_id", "page_no", "page_row", "reason")
 
+EARLIEST_REAL_DATE = pc.cast(pyarrow.scalar("0001-01-01T00:00:00Z"), UTC_MICROS)
+"""A date-time before year 1 (`0000-01-01T00:00:00Z` is ISO 8601 in form) names no real day:
+Python's datetime cannot hold it, and an analyst reading it from the warehouse would fail.
+Such a value is stored as null and the record kept and counted, with a row of `normalized`
+saying why (billing reads no date-time of a record)."""
+
+
+def _empty_normalized() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in QUARANTINE_COLUMNS})
+
 
 @dataclass
 class ValidatedBatch:
-    """A batch split in two: rows to load (typed, no personal data) and quarantine rows."""
+    """A batch split in two: rows to load (typed, no personal data) and quarantine rows; and
+    the loaded rows' values that were normalized (stored as null), with the reason."""
 
     rows: pyarrow.Table  # the rows to load: entity.loaded + page_no, page_row
     bad: pd.DataFrame  # QUARANTINE_COLUMNS
+    normalized: pd.DataFrame = dataclasses.field(default_factory=_empty_normalized)
 
     @property
     def good(self) -> pd.DataFrame:
@@ -450,9 +463,15 @@ def _split(
     reasons: dict[int, list[str]],
     is_bad: np.ndarray,
 ) -> ValidatedBatch:
-    """The batch's good rows with their positions, and its quarantine rows."""
+    """The batch's good rows with their positions (date-times that name no real day made
+    null), its quarantine rows, and the rows saying what was made null."""
+    good, normalized = _normalize_dates(entity, good, ids.to_numpy(dtype=object)[~is_bad])
     good = good.append_column("page_no", pyarrow.array(pages[~is_bad, 0]))
     good = good.append_column("page_row", pyarrow.array(pages[~is_bad, 1]))
+    if len(normalized):
+        at = normalized.pop("row").to_numpy(dtype=np.int64)
+        normalized.insert(1, "page_no", pages[~is_bad, 0][at])
+        normalized.insert(2, "page_row", pages[~is_bad, 1][at])
     bad_index = np.flatnonzero(is_bad)
     bad_ids = pd.Series(ids.to_numpy(dtype=object)[bad_index], dtype="string")
     well_formed = bad_ids.str.fullmatch(entity.id_pattern).fillna(False).astype(bool)
@@ -464,7 +483,41 @@ def _split(
             "reason": ["; ".join(dict.fromkeys(reasons[int(i)])) for i in bad_index],
         }
     )
-    return ValidatedBatch(rows=good, bad=bad)
+    return ValidatedBatch(rows=good, bad=bad, normalized=normalized)
+
+
+def _normalize_dates(
+    entity: Entity, good: pyarrow.Table, ids: np.ndarray
+) -> tuple[pyarrow.Table, pd.DataFrame]:
+    """`good` with every loaded date-time before EARLIEST_REAL_DATE made null, and a row per
+    value made null: (record_id, row (its index in `good`), reason). Cheap when there are none:
+    one comparison per date-time column."""
+    found: list[pd.DataFrame] = []
+    for f in entity.fields:
+        if f.kind != "datetime" or not f.loaded or not good.num_rows:
+            continue
+        column = good.column(f.column)
+        unreal = pc.fill_null(pc.less(column, EARLIEST_REAL_DATE), False)
+        if not pc.any(unreal).as_py():
+            continue
+        rows = np.flatnonzero(unreal.to_numpy(zero_copy_only=False))
+        good = good.set_column(
+            good.schema.get_field_index(f.column),
+            f.column,
+            pc.if_else(unreal, pyarrow.scalar(None, UTC_MICROS), column),
+        )
+        found.append(
+            pd.DataFrame(
+                {
+                    "record_id": ids[rows],
+                    "row": rows,
+                    "reason": f"{f.column}: before year 1, not a real date-time; stored as null",
+                }
+            )
+        )
+    if not found:
+        return good, _empty_normalized()
+    return good, pd.concat(found, ignore_index=True)
 
 
 def _typed(entity: Entity, good: pd.DataFrame) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from bullphish_billing import (
     outcomes,
     reporting,
     stages,
+    stale_targets,
     stopping,
 )
 from bullphish_billing.clients import StoppedError
@@ -128,7 +129,8 @@ def _bill(
     extracted = [p for p, r in extracts.items() if not r.error]
     evaluations = billing.evaluate(ctx, day, sorted(extracted))
     computed = sorted(p for p, e in evaluations.items() if not e.held)
-    changes = billing.notable_changes(ctx, day, computed)
+    findings = billing.notable_changes(ctx, day, computed)
+    changes = findings.changes
     report = None
     if not dry_run:
         report = billing.deliver(ctx, day, computed, force=force).report
@@ -161,8 +163,15 @@ def _bill(
             day,
             min_share=ctx.settings.notable_change,
             min_users=ctx.settings.notable_min_users,
+        )
+        + "\n".join(
+            stale_targets.markdown_lines(
+                findings.stale,
+                min_share=ctx.settings.stale_share,
+                stale_days=ctx.settings.stale_days,
+            )
         ),
-        description=f"Per-user counts that moved, modules switched, on {day}",
+        description=f"Per-user counts that moved, modules switched, stale users on {day}",
     )
     # one task per partner, named after it, writing its artifact (history per partner); they
     # wait on the Prefect API, so the rest of the run goes on meanwhile

@@ -21,7 +21,7 @@ from prefect.states import Completed, State
 from bullphish_billing import mappings, partner_artifacts, stages, stopping
 from bullphish_billing.errors import UserError
 from bullphish_billing.extract import ExtractResult
-from bullphish_billing.notable import NotableChange
+from bullphish_billing.notable import Findings, NotableChange
 from bullphish_billing.publish import PublishError, PublishResult
 from bullphish_billing.results import (
     Evaluation,
@@ -97,9 +97,7 @@ def deliver(
 
 
 @task(name="notable-changes", task_run_name="notable-changes-{usage_date}", cache_policy=NO_CACHE)
-def notable_changes(
-    ctx: RunContext, usage_date: dt.date, partner_ids: list[str]
-) -> list[NotableChange]:
+def notable_changes(ctx: RunContext, usage_date: dt.date, partner_ids: list[str]) -> Findings:
     return stages.notable_changes(ctx, usage_date, partner_ids)
 
 

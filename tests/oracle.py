@@ -38,8 +38,11 @@ def _valid(kind: str, record: Any) -> bool:
     if not VALIDATORS[kind].is_valid(record):
         return False
     stamp = "updated_at" if kind != "Organization" else "created_at"
+    value = record[stamp]
+    if isinstance(value, str) and value.startswith("0000-"):
+        value = "0001-" + value[5:]  # year 0000 is well formed (no real day: stored as null)
     try:
-        dt.datetime.fromisoformat(record[stamp].replace("Z", "+00:00"))
+        dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return False
     # format keywords are not asserted by jsonschema; the id patterns are

@@ -40,8 +40,8 @@ about 1 in 10 of the rest as well; unknown organizations (above) are never mappe
 Targets: about ``targets_per_organization`` per organization (uneven, exact total), of archived
 organizations too. A target's status is constant over a 30-day period with per-target phase
 (active with probability 0.85), so a few targets switch every day; ``updated_at`` is the start
-of the current period. Email and names are obviously fake personal data
-(``alice.smith+t_0001u000001@example-msp.test``).
+of the current period (dormant users below excepted). Email and names are obviously fake
+personal data (``alice.smith+t_0001u000001@example-msp.test``).
 
 Deliberate anomalies (always present, independent of ``malformed_rate``):
 
@@ -57,8 +57,16 @@ Deliberate anomalies (always present, independent of ``malformed_rate``):
 * p_0002, every day: its first target ``t_0002u000001`` is served twice, identical, the
   second copy as the last record (a different page when the list spans pages): rule 7
   collapses it; nothing is quarantined.
+* Dormant (stale) users, every partner: about 5% of the targets of o_XXXXo0001 (never the
+  first) and 40% of those of o_XXXXo0002 are always ``active`` and were last updated before
+  the history window (``updated_at`` at least 400 days before today): the stale active users
+  that ``stale_active_targets`` counts.
 
-These records are never malformed. With ``malformed_rate > 0`` a record is corrupted when
+These records are never malformed. With ``malformed_rate > 0``, p_0002's second target
+``t_0002u000002`` (when its first organization has two) has ``updated_at``
+``0000-01-01T00:00:00Z`` every day: ISO 8601 in form, but no real day (the contract's date-time
+format refuses it); the pipeline keeps and counts the target, storing the date-time as null
+with its reason. And a record is corrupted when
 ``unit(seed, record, date) < malformed_rate``; the corruption (a missing field, a wrong type,
 a value outside the contract such as ``status: "deleted"`` or an id not matching the pattern)
 is hashed too. Organization ids are never corrupted, so a malformed organization is still
@@ -144,7 +152,8 @@ EMAIL_DOMAIN = "example-msp.test"
     _S_UNMAP,
     _S_COMPANY,
     _S_OTOD,
-) = range(101, 133)
+    _S_TDORMANT,
+) = range(101, 134)
 
 _FIRST = (
     "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
@@ -223,6 +232,8 @@ class _TargetStatic:
     created_ord: np.ndarray  # int64: creation ordinal of the target's organization
     first_org_count: int  # targets of o_XXXXo0001 (the first ones in order)
     external_refs: dict[int, str]
+    dormant: np.ndarray  # bool: active and untouched since `dormant_ord` (stale users)
+    dormant_ord: np.ndarray  # int64: the dormant targets' last update (ordinal)
 
 
 def _iso(ordinal: int, tod: str) -> str:
@@ -503,6 +514,17 @@ class World:
         created = np.array([o.created_ord for o in orgs], dtype=np.int64)[org_pos]
         ext = h_np((*prefix, _S_TEXT), index)
         ext_js = np.flatnonzero(ext % np.uint64(10) == 0).tolist()
+        # Dormant (stale) users: active, not updated since before the history window; only in
+        # the two organizations that exist for the whole window (k 1, 2), never the anomaly
+        # victim (target 0).
+        k_of = np.array([o.k for o in orgs], dtype=np.int64)[org_pos]
+        dormant_rate = np.select([k_of == 1, k_of == 2], [0.05, 0.4], 0.0)
+        dormant = unit_np((*prefix, _S_TDORMANT), index) < dormant_rate
+        dormant &= index != 0
+        dormant_ord = np.minimum(
+            created + (h_np((*prefix, _S_TDORMANT, 1), index) % 30).astype(np.int64),
+            self._today_ord - 400,
+        )
         return _TargetStatic(
             count=total,
             index=index,
@@ -523,6 +545,8 @@ class World:
             created_ord=created,
             first_org_count=int(counts[0]) if len(counts) else 0,
             external_refs={j: f"hr-{int(ext[j]) % 10**7:07d}" for j in ext_js},
+            dormant=dormant,
+            dormant_ord=dormant_ord,
         )
 
     def _targets(self, spec: _PartnerSpec, day: int) -> list[dict[str, Any]]:
@@ -530,8 +554,12 @@ class World:
         seed, pi = self._seed, spec.index
         visible = st.created_ord <= day
         epoch = (day + st.phase) // TARGET_PERIOD
-        active = (unit_np((seed, pi, _S_TSTATUS), st.index, epoch) < 0.85).tolist()
-        updated = np.maximum(epoch * TARGET_PERIOD - st.phase, st.created_ord).tolist()
+        active = ((unit_np((seed, pi, _S_TSTATUS), st.index, epoch) < 0.85) | st.dormant).tolist()
+        updated = np.where(
+            st.dormant,
+            st.dormant_ord,
+            np.maximum(epoch * TARGET_PERIOD - st.phase, st.created_ord),
+        ).tolist()
         dates = {o: datetime.date.fromordinal(o).isoformat() for o in set(updated)}
         js = range(st.count) if visible.all() else np.flatnonzero(visible).tolist()
         ids, org_ids, emails = st.ids, st.org_ids, st.emails
@@ -572,6 +600,8 @@ class World:
             kinds = h_np((seed, pi, _S_TMALK), st.index, day)
             if has_victim:
                 bad[0] = False
+            if spec.role == "duplicates" and st.first_org_count > 1:
+                bad[1] = False  # the year-0000 target below stays well formed
             for j in np.flatnonzero(bad).tolist():
                 _corrupt_target(records[j if position is None else position[j]], int(kinds[j]))
 
@@ -592,6 +622,8 @@ class World:
             records.insert(len(records) // 2 if len(records) > 1 else len(records), stray)
         elif spec.role == "duplicates" and has_victim:
             records.append(dict(records[0]))
+            if rate > 0 and st.first_org_count > 1:  # a date-time naming no real day
+                records[1]["updated_at"] = "0000-01-01T00:00:00Z"
         return records
 
 

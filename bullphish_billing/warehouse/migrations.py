@@ -94,9 +94,32 @@ def _0002_reconciliation(con: duckdb.DuckDBPyConnection, keys: bool) -> None:
     _create(con, keys, ("ops.reconciliation", "ops.reconciliation_differences"))
 
 
+_SERVED_DATE_TIMES = (
+    ("raw.partners", "partner", "updated_at", "id"),
+    ("raw.organizations", "organization", "created_at", "partner_id"),
+    ("raw.targets", "target", "updated_at", "partner_id"),
+)
+
+
+def _0003_normalized_values_and_stale_targets(con: duckdb.DuckDBPyConnection, keys: bool) -> None:
+    """Schema version 3 (issue 14): ops.normalized_values, ops.stale_targets; the date-times
+    before year 1 that earlier versions stored (they break Python readers) are made null, each
+    recorded in ops.normalized_values."""
+    _create(con, keys, ("ops.normalized_values", "ops.stale_targets"))
+    for table, entity, column, owner in _SERVED_DATE_TIMES:
+        unreal = f"{column} < TIMESTAMPTZ '0001-01-01 00:00:00+00'"
+        con.execute(
+            f"INSERT INTO ops.normalized_values SELECT usage_date, {owner}, '{entity}', id, "
+            f"page_no, page_row, '{column}: before year 1, not a real date-time; stored as "
+            f"null', 'migration-3', now() FROM {table} WHERE {unreal}"
+        )
+        con.execute(f"UPDATE {table} SET {column} = NULL WHERE {unreal}")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _0001_initial),
     Migration(2, "reconciliation", _0002_reconciliation),
+    Migration(3, "normalized values, stale targets", _0003_normalized_values_and_stale_targets),
 )
 
 LATEST = MIGRATIONS[-1].version

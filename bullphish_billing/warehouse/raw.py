@@ -68,11 +68,12 @@ def write_snapshots(
                     f"DELETE FROM {table} WHERE usage_date = ? AND list_contains(?, partner_id)",
                     [usage_date, replaced],
                 )
-            cur.execute(
-                "DELETE FROM ops.quarantine WHERE usage_date = ? "
-                "AND list_contains(?, partner_id) AND entity <> 'partner'",
-                [usage_date, replaced],
-            )
+            for table in ("ops.quarantine", "ops.normalized_values"):
+                cur.execute(
+                    f"DELETE FROM {table} WHERE usage_date = ? "
+                    "AND list_contains(?, partner_id) AND entity <> 'partner'",
+                    [usage_date, replaced],
+                )
         for entity in _RAW_TABLES:
             _append(cur, usage_date, snapshots, entity, run_id)
         cur.register(
@@ -114,6 +115,9 @@ def _append(
         insert_quarantine(
             cur, pd.concat(bad, ignore_index=True), usage_date, None, entity, "record", run_id
         )
+    fixed = [b.normalized.assign(partner_id=p) for p, b in batches if len(b.normalized)]
+    if fixed:
+        insert_normalized(cur, pd.concat(fixed, ignore_index=True), usage_date, entity, run_id)
 
 
 def _insert_rows(
@@ -169,14 +173,38 @@ def insert_quarantine(
     con.unregister("bad_batch")
 
 
+def insert_normalized(
+    con: duckdb.DuckDBPyConnection,
+    fixed: pd.DataFrame,
+    usage_date: dt.date,
+    entity: str,
+    run_id: str,
+) -> None:
+    """Append rows of values stored as null (record_id, page_no, page_row, reason[,
+    partner_id]) in one statement: a partner record's belong to the partner it is."""
+    if not len(fixed):
+        return
+    owner = "partner_id" if "partner_id" in fixed.columns else "record_id"
+    con.register("normalized_batch", fixed)
+    con.execute(
+        "INSERT INTO ops.normalized_values (usage_date, partner_id, entity, record_id, page_no, "
+        f"page_row, reason, run_id, recorded_at) SELECT ?, {owner}, ?, record_id, page_no, "
+        "page_row, reason, ?, now() FROM normalized_batch",
+        [usage_date, entity, run_id],
+    )
+    con.unregister("normalized_batch")
+
+
 def replace_partners(
     con: duckdb.DuckDBPyConnection, usage_date: dt.date, batch: ValidatedBatch, run_id: str
 ) -> None:
     """Replace the partner list of a usage date (and its partner quarantine) in one go."""
     with closing(con.cursor()) as cur, transaction(cur):
         cur.execute("DELETE FROM raw.partners WHERE usage_date = ?", [usage_date])
-        cur.execute(
-            "DELETE FROM ops.quarantine WHERE usage_date = ? AND entity = 'partner'", [usage_date]
-        )
+        for table in ("ops.quarantine", "ops.normalized_values"):
+            cur.execute(
+                f"DELETE FROM {table} WHERE usage_date = ? AND entity = 'partner'", [usage_date]
+            )
         _insert_rows(cur, "raw.partners", usage_date, batch.rows, run_id)
         insert_quarantine(cur, batch.bad, usage_date, None, "partner", "record", run_id)
+        insert_normalized(cur, batch.normalized, usage_date, "partner", run_id)

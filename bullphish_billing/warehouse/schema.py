@@ -443,6 +443,55 @@ TABLES: tuple[Table, ...] = (
         ),
         ("check_id", "usage_date", "partner_id", "organization_id", "billing_type"),
     ),
+    Table(
+        "ops.normalized_values",
+        "Values of records that were kept, and counted, but stored otherwise than served, "
+        "with the reason: a date-time before year 1 (such as 0000-01-01T00:00:00Z) names no "
+        "real day and is stored as null. Replaced with the records' snapshot.",
+        (
+            USAGE_DATE,
+            _c(
+                "partner_id", "VARCHAR", "Partner the record belongs to (a partner record: itself)."
+            ),
+            _c("entity", "VARCHAR NOT NULL", "partner, organization or target."),
+            _c("record_id", "VARCHAR", "The record's id."),
+            PAGE_NO,
+            PAGE_ROW,
+            _c("reason", "VARCHAR NOT NULL", "The field, what was wrong with it, what was stored."),
+            RUN_ID,
+            _c("recorded_at", "TIMESTAMPTZ NOT NULL", "When the row was written."),
+        ),
+    ),
+    Table(
+        "ops.stale_targets",
+        "Per usage date and billed organization with any: its active targets (as counted for "
+        "billing: not quarantined, each id once) whose updated_at is older than "
+        "BILLING_STALE_DAYS (default 180) before the usage date, and those whose updated_at is "
+        "unknown (null). Billing does not change: a warning to clean up before the invoice. "
+        "Replaced per partner-date by each run that computes its metrics.",
+        (
+            USAGE_DATE,
+            PARTNER_ID,
+            _c("organization_id", "VARCHAR NOT NULL", "BullPhish ID organization id."),
+            _c(
+                "subscription_type",
+                "VARCHAR NOT NULL",
+                "The partner's subscription as of the date.",
+            ),
+            _c("active_targets", "BIGINT NOT NULL", "Active targets counted for the organization."),
+            _c(
+                "stale_targets",
+                "BIGINT NOT NULL",
+                "Of those, updated before usage_date - stale_days (00:00 UTC).",
+            ),
+            _c("undated_targets", "BIGINT NOT NULL", "Of those, with no updated_at (normalized)."),
+            _c("oldest_updated_at", "TIMESTAMPTZ", "The oldest updated_at of the stale ones."),
+            _c("stale_days", "INTEGER NOT NULL", "BILLING_STALE_DAYS when computed."),
+            RUN_ID,
+            _c("computed_at", "TIMESTAMPTZ NOT NULL", "When computed."),
+        ),
+        ("usage_date", "partner_id", "organization_id"),
+    ),
 )
 
 ANALYTICS_MARKER = Table(

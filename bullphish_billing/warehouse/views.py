@@ -12,6 +12,8 @@ uncommented.
   PSA unit-change policy (high-water mark, end of period, prorated daily).
 - `unmapped_organizations`: billed organizations the partner's PSA has not mapped.
 - `run_history`: every run, partner and date with its status and reason.
+- `stale_active_targets`: per date and billed organization, active users not updated for
+  BILLING_STALE_DAYS (a warning; billing does not change).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ VIEWS: tuple[View, ...] = (
     View("main.invoice_preview"),
     View("main.unmapped_organizations"),
     View("main.run_history"),
+    View("main.stale_active_targets"),
 )
 
 

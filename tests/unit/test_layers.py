@@ -46,6 +46,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bullphish_billing.mappings",
             "bullphish_billing.delivery",
             "bullphish_billing.notable",
+            "bullphish_billing.stale_targets",
             "bullphish_billing.publish",
             "bullphish_billing.outcomes",
             "bullphish_billing.reporting",
