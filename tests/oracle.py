@@ -135,3 +135,35 @@ def expected_in_kaseyaone(world: Any, expected: Expected) -> dict[tuple[str, str
         if world.is_partner_linked(pid) and oid in world.linked_organization_ids(pid):
             held[(pid, oid, btype)] = units
     return held
+
+
+def _updated(record: dict) -> dt.datetime | None:
+    """A target's updated_at; None for one that names no real day (year 0000)."""
+    value = record["updated_at"]
+    if value.startswith("0000-"):
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def expected_stale(
+    world: Any, day: dt.date, expected: Expected, stale_days: int
+) -> dict[tuple[str, str], tuple[int, int, int]]:
+    """Per billed (partner, organization) with a stale or undated active target: (active
+    targets counted, of them updated before `day` - `stale_days` at 00:00 UTC, of them with no
+    real updated_at)."""
+    edge = dt.datetime.combine(day - dt.timedelta(days=stale_days), dt.time(), dt.UTC)
+    billed = {(p, o) for (p, o, _t) in expected.metrics}
+    out = {}
+    for pid in sorted({p for p, _o in billed}):
+        targets, _, _ = _split("Target", world.targets(pid, day))
+        counts: dict[str, list[int]] = {}
+        for t in targets.values():
+            if t["status"] != "active" or (pid, t["organization_id"]) not in billed:
+                continue
+            c = counts.setdefault(t["organization_id"], [0, 0, 0])
+            updated = _updated(t)
+            c[0] += 1
+            c[1] += updated is not None and updated < edge
+            c[2] += updated is None
+        out |= {(pid, oid): tuple(c) for oid, c in counts.items() if c[1] or c[2]}
+    return out
