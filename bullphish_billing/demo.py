@@ -26,6 +26,7 @@ import httpx
 
 from bullphish_billing import stopping
 from bullphish_billing.dates import yesterday_utc
+from bullphish_billing.prefect_server import server_command
 
 DEMO_DIR = Path("data/demo")
 PREFECT_STARTUP_S = 90.0
@@ -56,17 +57,7 @@ def start_prefect_server(home: Path, port: int, log_path: Path) -> subprocess.Po
     env.pop("PREFECT_API_URL", None)
     log = log_path.open("wb")
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        server_command(port),
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -62,6 +62,23 @@ _lock = threading.RLock()  # re-entrant: a second signal may stop it from a hand
 _current: TemporaryServer | None = None
 
 
+def server_command(port: int, *flags: str) -> list[str]:
+    """The command line of `prefect server start` on 127.0.0.1:`port`, with this Python's
+    Prefect and `flags`: the temporary server's and the demo's."""
+    return [
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *flags,
+    ]
+
+
 def current() -> TemporaryServer | None:
     return _current
 
@@ -109,19 +126,9 @@ def ensure_api() -> TemporaryServer | None:
                 sys.executable,
                 "-m",
                 "bullphish_billing._server_guard",
-                sys.executable,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-ui",
-                "--no-scheduler",
-                "--no-late-runs",
-                "--analytics-off",
+                *server_command(
+                    port, "--no-ui", "--no-scheduler", "--no-late-runs", "--analytics-off"
+                ),
             ],
             env=env,
             stdin=subprocess.PIPE,
