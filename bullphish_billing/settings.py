@@ -122,6 +122,15 @@ class Settings(BaseSettings):
         description="The fewest users a notable per-user change moves (with "
         "BILLING_NOTABLE_CHANGE).",
     )
+    reconcile_days: int = Field(
+        7,
+        alias="BILLING_RECONCILE_DAYS",
+        ge=0,
+        le=399,
+        description="After delivery, the daily run reconciles the date it delivered and the "
+        "days before it, this many, with what KaseyaOne holds (docs/billing-rules.md rule 12); "
+        "0 turns the reconciliation off.",
+    )
     analytics_file: Path | None = Field(
         None,
         alias="BILLING_ANALYTICS_FILE",

@@ -12,6 +12,8 @@ uncommented.
   PSA unit-change policy (high-water mark, end of period, prorated daily).
 - `unmapped_organizations`: billed organizations the partner's PSA has not mapped.
 - `run_history`: every run, partner and date with its status and reason.
+- `reconciliation_open`: the differences with KaseyaOne its latest check of each partner-date
+  found, with their re-send once the next run made it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ VIEWS: tuple[View, ...] = (
     View("main.invoice_preview"),
     View("main.unmapped_organizations"),
     View("main.run_history"),
+    View("main.reconciliation_open"),
 )
 
 
