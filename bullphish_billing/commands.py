@@ -140,7 +140,7 @@ def run_reconcile(start: dt.date, end: dt.date, partner_ids: list[str] | None) -
     """The `reconcile` command: compare what KaseyaOne holds with what it acknowledged for
     every partner-date of the range (without Prefect: it bills nothing), with a progress bar on
     a terminal; print the checks that are not clean and the summary; return 0 clean, 1
-    differences or failed checks. It only reports: the next daily run repairs (rule 12)."""
+    differences or failed checks. It only reports: the next daily run repairs (rule 11)."""
     from bullphish_billing import lease, stages
     from bullphish_billing.backfill import check_range
     from bullphish_billing.errors import UsageError

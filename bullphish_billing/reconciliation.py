@@ -1,4 +1,4 @@
-"""Reconciliation with KaseyaOne: does it still hold what it acknowledged? (rule 12)
+"""Reconciliation with KaseyaOne: does it still hold what it acknowledged? (rule 11)
 
 A check reads, per partner-date, what KaseyaOne holds (`GET /v1/billing/usage`, page by page
 into a temporary DuckDB table) and compares it in SQL (`sql/reconciliation/*.sql`) with the

@@ -144,7 +144,7 @@ class RunSummary:
     stopped_by: int | None = None
     """The signal that stopped the run (SIGTERM, SIGINT: stopping.py), if one did."""
     reconciliation_differences: int = 0
-    """Metrics the run's reconciliation found not as KaseyaOne acknowledged them (rule 12)."""
+    """Metrics the run's reconciliation found not as KaseyaOne acknowledged them (rule 11)."""
     reconciliation_failed: int = 0
     """Partner-dates the reconciliation could not check (KaseyaOne not read), or 1 when the
     reconciliation itself failed."""

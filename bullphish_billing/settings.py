@@ -128,7 +128,7 @@ class Settings(BaseSettings):
         ge=0,
         le=399,
         description="After delivery, the daily run reconciles the date it delivered and the "
-        "days before it, this many, with what KaseyaOne holds (docs/billing-rules.md rule 12); "
+        "days before it, this many, with what KaseyaOne holds (docs/billing-rules.md rule 11); "
         "0 turns the reconciliation off.",
     )
     analytics_file: Path | None = Field(

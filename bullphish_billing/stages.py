@@ -257,7 +257,7 @@ def reconcile(
     on_checked: Callable[[reconciliation.PartnerDate], None] | None = None,
     on_planned: Callable[[int], None] | None = None,
 ) -> reconciliation.ReconcileReport:
-    """Reconcile the partner-dates of `dates` with what KaseyaOne holds (rule 12). With
+    """Reconcile the partner-dates of `dates` with what KaseyaOne holds (rule 11). With
     `repair` (the daily run), first re-send what the previous check found missing or differing
     at KaseyaOne, so that this check sees the repair. `record_run` records the run's id on the
     checks (the on-demand command is no run). `on_planned(n)` is told how many partner-dates

@@ -130,7 +130,7 @@ def reconcile(
     ctx: RunContext, usage_date: dt.date, days_before: int
 ) -> reconciliation.ReconcileReport:
     """Repair what the last check found ours to repair, then reconcile the date and the
-    `days_before` dates before it with what KaseyaOne holds (rule 12). A reconciliation that
+    `days_before` dates before it with what KaseyaOne holds (rule 11). A reconciliation that
     fails as a whole fails no delivery: it is reported (the run's outcome is a problem)."""
     try:
         report = stages.reconcile(ctx, stages.reconcile_dates(usage_date, days_before), repair=True)
