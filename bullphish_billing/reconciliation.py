@@ -216,7 +216,7 @@ async def _read_held(
             con.register("held_page", table)
             con.execute(
                 "INSERT INTO reconcile_held SELECT usage_date, partner_id, organization_id, "
-                "billing_type, units, received_at::TIMESTAMPTZ FROM held_page"
+                "billing_type, units, TRY_CAST(received_at AS TIMESTAMPTZ) FROM held_page"
             )
             con.unregister("held_page")
 
