@@ -48,6 +48,7 @@ STAGES = (
     "evaluate",
     "notable-changes",
     "deliver",
+    "reconcile",
     "mappings",
     "store-mappings",
     "report",

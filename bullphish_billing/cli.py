@@ -99,6 +99,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="dates billed at the same time (default 2)",
     )
 
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="compare what KaseyaOne holds with what it acknowledged, for a range of dates",
+        description="Read what KaseyaOne holds (GET /v1/billing/usage) for every "
+        "partner-date of --start..--end that it acknowledged metrics of, and compare it, "
+        "metric by metric, with what it acknowledged: match, missing_at_kaseyaone, differs, "
+        "unexpected_at_kaseyaone. Every check is recorded (ops.reconciliation, the view "
+        "reconciliation_open). It only reports: the next daily run re-sends what is missing "
+        "or differs at KaseyaOne (new Idempotency-Key, once), and never deletes what "
+        "KaseyaOne holds that we never sent. Exit 0 all clean, 1 differences or a "
+        "partner-date KaseyaOne could not be read for, 2 bad input or configuration.",
+    )
+    reconcile.add_argument("--start", type=_date, required=True, help="first usage date")
+    reconcile.add_argument("--end", type=_date, required=True, help="last usage date")
+    reconcile.add_argument(
+        "--partner",
+        dest="partners",
+        action="append",
+        metavar="ID",
+        help="reconcile only this partner (repeatable; default: every partner)",
+    )
+
     sandbox = commands.add_parser(
         "sandbox",
         help="serve both sandbox APIs on 127.0.0.1 (8701, 8702)",
@@ -221,6 +243,12 @@ def _cmd_backfill(ns: argparse.Namespace) -> int:
     )
 
 
+def _cmd_reconcile(ns: argparse.Namespace) -> int:
+    from bullphish_billing.commands import run_reconcile
+
+    return run_reconcile(ns.start, ns.end, ns.partners)
+
+
 def _cmd_sandbox(ns: argparse.Namespace) -> int:
     from bullphish_billing.sandbox import serve
     from bullphish_billing.sandbox.cli_options import config_from_args
@@ -257,6 +285,7 @@ def _cmd_alerts(ns: argparse.Namespace) -> int:
 COMMANDS = {
     "run": _cmd_run,
     "backfill": _cmd_backfill,
+    "reconcile": _cmd_reconcile,
     "sandbox": _cmd_sandbox,
     "demo": _cmd_demo,
     "alerts": _cmd_alerts,

@@ -134,3 +134,67 @@ def run_backfill(
     code = data.exit_code if signum is None else 128 + signum
     print(f"{data.one_line()} (exit {code})")
     return code
+
+
+def run_reconcile(start: dt.date, end: dt.date, partner_ids: list[str] | None) -> int:
+    """The `reconcile` command: compare what KaseyaOne holds with what it acknowledged for
+    every partner-date of the range (without Prefect: it bills nothing), with a progress bar on
+    a terminal; print the checks that are not clean and the summary; return 0 clean, 1
+    differences or failed checks. It only reports: the next daily run repairs (rule 11)."""
+    from bullphish_billing import lease, stages
+    from bullphish_billing.backfill import check_range
+    from bullphish_billing.errors import UsageError
+    from bullphish_billing.run_context import RunContext
+    from bullphish_billing.text import shown, shown_list
+    from bullphish_billing.warehouse.db import fetch_all
+
+    check_range(start, end)
+    settings = load_settings()
+    settings.require_apis()
+    if not settings.warehouse.exists():
+        raise UsageError(
+            f"no warehouse at {shown(settings.warehouse)} (BILLING_WAREHOUSE): nothing was "
+            "delivered there to reconcile"
+        )
+    run_id = f"reconcile-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+    ctx = RunContext.start(settings, run_id, lease.RunLeases(settings.warehouse, run_id))
+    if partner_ids:
+        with ctx.warehouse() as con:
+            known = {p for (p,) in fetch_all(con, "SELECT DISTINCT partner_id FROM ops.outbox")}
+        unknown = sorted(set(partner_ids) - known)
+        if unknown:
+            raise UsageError(
+                f"partner {shown_list(unknown)} was never delivered to KaseyaOne by this "
+                "warehouse: nothing to reconcile"
+            )
+    stages.check_kaseyaone(ctx)  # wrong credentials: one line, exit 2
+    days = [start + dt.timedelta(days=n) for n in range((end - start).days + 1)]
+    bar: list[Progress] = []
+
+    def planned(total: int) -> None:
+        if sys.stderr.isatty():
+            bar.append(Progress(total, label=f"reconcile {start}..{end}").__enter__())
+
+    def checked(pair: tuple[dt.date, str]) -> None:
+        if bar:
+            bar[0].describe(f"{pair[0]} {pair[1]}")
+            bar[0].advance()
+
+    try:
+        report = stages.reconcile(
+            ctx,
+            days,
+            repair=False,
+            partner_ids=partner_ids,
+            record_run=False,
+            on_planned=planned,
+            on_checked=checked,
+        )
+    finally:
+        if bar:
+            bar[0].__exit__(None, None, None)
+    rows = report.rows()
+    if rows:
+        print(reporting.text_table(rows))
+    print(f"reconcile {start}..{end}: {report.one_line()} (exit {report.exit_code})")
+    return report.exit_code

@@ -98,51 +98,82 @@ def plan(
     if changed.empty:
         return 0
     parents = _last_settled_keys(con, usage_date, sorted(set(changed["partner_id"])))
-    outbox: list[tuple] = []
+    outbox: list[OutboxBatch] = []
     for partner_id, metrics in changed.groupby("partner_id", sort=True):
         parent = parents.get(str(partner_id), "genesis")
         rows = metrics[["organization_id", "billing_type", "units"]].to_dict("records")
-        for batch_no, start in enumerate(range(0, len(rows), MAX_BATCH)):
-            chunk = [
-                {
-                    "organization_id": r["organization_id"],
-                    "billing_type": r["billing_type"],
-                    "units": int(r["units"]),
-                }
-                for r in rows[start : start + MAX_BATCH]
-            ]
-            payload = {
-                "module": MODULE,
-                "partner_id": str(partner_id),
-                "usage_date": usage_date.isoformat(),
-                "metrics": chunk,
+        outbox += batches(usage_date, str(partner_id), rows, parent)
+    with transaction(con):  # every batch of every partner-date, in one statement
+        write_outbox(con, usage_date, outbox, run_id)
+    return len(outbox)
+
+
+@dataclass(frozen=True)
+class OutboxBatch:
+    """One batch to write to the outbox: its key, partner, number, payload and size."""
+
+    idempotency_key: str
+    partner_id: str
+    batch_no: int
+    payload: dict
+    metrics: list[dict]
+
+
+def batches(
+    usage_date: dt.date, partner_id: str, rows: list[dict], parent: str
+) -> list[OutboxBatch]:
+    """A partner-date's metrics (organization_id, billing_type, units) in batches of at most
+    MAX_BATCH, each keyed from its content and `parent` (the last settled batch's key, or
+    another salt that makes the key new: a reconciliation's repair uses its check id)."""
+    result = []
+    for batch_no, start in enumerate(range(0, len(rows), MAX_BATCH)):
+        chunk = [
+            {
+                "organization_id": r["organization_id"],
+                "billing_type": r["billing_type"],
+                "units": int(r["units"]),
             }
-            key = idempotency_key(payload, f"{parent}#{batch_no}")
-            outbox.append((key, partner_id, batch_no, orjson.dumps(payload).decode(), len(chunk)))
+            for r in rows[start : start + MAX_BATCH]
+        ]
+        payload = {
+            "module": MODULE,
+            "partner_id": partner_id,
+            "usage_date": usage_date.isoformat(),
+            "metrics": chunk,
+        }
+        key = idempotency_key(payload, f"{parent}#{batch_no}")
+        result.append(OutboxBatch(key, partner_id, batch_no, payload, chunk))
+    return result
+
+
+def write_outbox(
+    con: duckdb.DuckDBPyConnection, usage_date: dt.date, outbox: list[OutboxBatch], run_id: str
+) -> None:
+    """Write the batches of one date to the outbox as pending, in one statement (a batch
+    already there, same key, is left as it is), in the caller's transaction."""
+    if not outbox:
+        return
     planned = pa.table(
         {
-            "idempotency_key": [b[0] for b in outbox],
-            "partner_id": [b[1] for b in outbox],
-            "batch_no": pa.array([b[2] for b in outbox], pa.int32()),
-            "payload": [b[3] for b in outbox],
-            "metrics": pa.array([b[4] for b in outbox], pa.int32()),
+            "idempotency_key": [b.idempotency_key for b in outbox],
+            "partner_id": [b.partner_id for b in outbox],
+            "batch_no": pa.array([b.batch_no for b in outbox], pa.int32()),
+            "payload": [orjson.dumps(b.payload).decode() for b in outbox],
+            "metrics": pa.array([len(b.metrics) for b in outbox], pa.int32()),
         }
     )
-    with transaction(con):  # every batch of every partner-date, in one statement
-        con.register("planned", planned)
-        con.execute(
-            """
-            INSERT INTO ops.outbox (idempotency_key, usage_date, partner_id, batch_no,
-                payload, metrics, status, attempts, created_at, run_id)
-            SELECT idempotency_key, ?, partner_id, batch_no, payload, metrics, ?, 0,
-                   now(), ?
-            FROM planned
-            ON CONFLICT DO NOTHING
-            """,
-            [usage_date, PENDING, run_id],
-        )
-        con.unregister("planned")
-    return len(outbox)
+    con.register("planned", planned)
+    con.execute(
+        """
+        INSERT INTO ops.outbox (idempotency_key, usage_date, partner_id, batch_no,
+            payload, metrics, status, attempts, created_at, run_id)
+        SELECT idempotency_key, ?, partner_id, batch_no, payload, metrics, ?, 0, now(), ?
+        FROM planned
+        ON CONFLICT DO NOTHING
+        """,
+        [usage_date, PENDING, run_id],
+    )
+    con.unregister("planned")
 
 
 def plan_interrupted(

@@ -55,6 +55,17 @@ def issues_markdown(summary: RunSummary) -> str:
             "outbox; the next run sends them first.",
             "",
         ]
+    if summary.reconciliation_differences or summary.reconciliation_failed:
+        lines += [
+            "## Reconciliation with KaseyaOne",
+            "",
+            f"{summary.reconciliation_differences} metric(s) not as KaseyaOne acknowledged "
+            f"them, {summary.reconciliation_failed} check(s) failed: see the "
+            f"`reconciliation-{summary.usage_date.isoformat()}` artifact and the view "
+            "`reconciliation_open`. The next run re-sends what is missing or differs at "
+            "KaseyaOne; what KaseyaOne holds that we never sent is only reported.",
+            "",
+        ]
     lines += [f"- {note}" for note in summary.notes]
     if len(lines) == 2:
         lines.append("Nothing skipped, held, failed or rejected.")
@@ -96,3 +107,12 @@ def terminal_table(summary: RunSummary) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join(fmt.format(*r).rstrip() for r in [header, *rows])
+
+
+def text_table(rows: list[dict]) -> str:
+    """A plain-text table of dicts with the same keys, for the terminal."""
+    header = tuple(rows[0])
+    cells = [tuple(str(v) for v in row.values()) for row in rows]
+    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*r).rstrip() for r in [header, *cells])

@@ -143,13 +143,20 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)
     stopped_by: int | None = None
     """The signal that stopped the run (SIGTERM, SIGINT: stopping.py), if one did."""
+    reconciliation_differences: int = 0
+    """Metrics the run's reconciliation found not as KaseyaOne acknowledged them (rule 11)."""
+    reconciliation_failed: int = 0
+    """Partner-dates the reconciliation could not check (KaseyaOne not read), or 1 when the
+    reconciliation itself failed."""
 
     @property
     def exit_code(self) -> int:
         if self.stopped_by is not None:
             return 128 + self.stopped_by
         problems = any(o.status in PROBLEMS for o in self.outcomes)
-        return EXIT_PROBLEMS if problems or self.still_pending or self.notes else EXIT_OK
+        reconciliation = self.reconciliation_differences or self.reconciliation_failed
+        unclean = problems or self.still_pending or self.notes or reconciliation
+        return EXIT_PROBLEMS if unclean else EXIT_OK
 
     def counts(self) -> dict[str, int]:
         result: dict[str, int] = {}
@@ -166,6 +173,10 @@ class RunSummary:
             text += f"; {self.earlier_batches_sent} earlier batch(es) delivered"
         if self.still_pending:
             text += f"; {self.still_pending} batch(es) still pending"
+        if self.reconciliation_differences:
+            text += f"; {self.reconciliation_differences} reconciliation difference(s)"
+        if self.reconciliation_failed:
+            text += f"; {self.reconciliation_failed} reconciliation check(s) failed"
         return text
 
     def to_frame(self) -> pd.DataFrame:

@@ -138,6 +138,15 @@ class Settings(BaseSettings):
         description="A per-user organization whose stale users are more than this share of "
         "its active users is listed in the run's notable-changes artifact.",
     )
+    reconcile_days: int = Field(
+        7,
+        alias="BILLING_RECONCILE_DAYS",
+        ge=0,
+        le=399,
+        description="After delivery, the daily run reconciles the date it delivered and the "
+        "days before it, this many, with what KaseyaOne holds (docs/billing-rules.md rule 11); "
+        "0 turns the reconciliation off.",
+    )
     analytics_file: Path | None = Field(
         None,
         alias="BILLING_ANALYTICS_FILE",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from bullphish_billing import (
     notable,
     outcomes,
     publish,
+    reconciliation,
     stale_targets,
     stopping,
 )
@@ -251,6 +253,57 @@ def _send_pending(ctx: RunContext) -> delivery.DeliveryReport:
 
 
 # -- after delivery ------------------------------------------------------------------------
+def reconcile(
+    ctx: RunContext,
+    dates: list[dt.date],
+    *,
+    repair: bool,
+    partner_ids: list[str] | None = None,
+    record_run: bool = True,
+    on_checked: Callable[[reconciliation.PartnerDate], None] | None = None,
+    on_planned: Callable[[int], None] | None = None,
+) -> reconciliation.ReconcileReport:
+    """Reconcile the partner-dates of `dates` with what KaseyaOne holds (rule 11). With
+    `repair` (the daily run), first re-send what the previous check found missing or differing
+    at KaseyaOne, so that this check sees the repair. `record_run` records the run's id on the
+    checks (the on-demand command is no run). `on_planned(n)` is told how many partner-dates
+    will be checked, `on_checked` each one as it is read (progress)."""
+    started = time.monotonic()
+    report = reconciliation.ReconcileReport(reconciliation.new_check_id())
+    if repair:
+        with ctx.warehouse() as con:
+            report.repaired = reconciliation.plan_repairs(con, dates, ctx.run_id)
+        if report.repaired:
+            _send_pending(ctx)  # what it could not send stays pending: sent by the next run
+    with ctx.warehouse() as con:
+        pairs, report.in_flight = reconciliation.partner_dates(con, dates, partner_ids)
+    if on_planned is not None:
+        on_planned(len(pairs))
+
+    async def check() -> list[reconciliation.Check]:
+        async with ctx.kaseyaone() as client:
+            with ctx.warehouse() as con:
+                return await reconciliation.check(
+                    client,
+                    con,
+                    pairs,
+                    check_id=report.check_id,
+                    run_id=ctx.run_id if record_run else None,
+                    concurrency=ctx.settings.max_connections,
+                    on_checked=on_checked,
+                )
+
+    if pairs:
+        report.checks = asyncio.run(check())
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def reconcile_dates(usage_date: dt.date, days_before: int) -> list[dt.date]:
+    """The date and the `days_before` dates before it, newest first."""
+    return [usage_date - dt.timedelta(days=n) for n in range(days_before + 1)]
+
+
 def fetch_mappings(ctx: RunContext, partner_ids: list[str]) -> list[mappings.MappingFetch]:
     """The partners' organization mappings from KaseyaOne, a few side by side over one client
     and one token (a 404 means not linked: normal), holding at most BILLING_MAX_LIST_RECORDS

@@ -91,6 +91,7 @@ def backfill(
             partner_ids=partner_ids,
             dry_run=dry_run,
             force=force,
+            reconcile_earlier=False,  # each date reconciles itself: no window per date
             return_state=True,
         )
         data = state.result(raise_on_failure=False)

@@ -44,6 +44,7 @@ def daily_billing(
     dry_run: bool = False,
     force: bool = False,
     lease_wait_s: float = lease.DEFAULT_WAIT_S,
+    reconcile_earlier: bool = True,
 ) -> RunSummary | State:
     """Bill one usage date (default: yesterday, UTC): extract, validate, aggregate, deliver.
 
@@ -56,6 +57,9 @@ def daily_billing(
     `force` re-sends every metric, changed or not (new keys: KaseyaOne applies them again).
     A partner-date another run is billing is waited for, up to `lease_wait_s` seconds, then
     left to that run and reported failed (`bullphish_billing/lease.py`).
+    After delivery the run reconciles the date with what KaseyaOne holds, and the
+    BILLING_RECONCILE_DAYS dates before it unless `reconcile_earlier` is off (a backfill
+    reconciles each date it bills, without the window).
     """
     day = usage_date or yesterday_utc()
     run_id = str(flow_run.get_id() or uuid.uuid4())
@@ -65,7 +69,11 @@ def daily_billing(
         settings = load_settings()
         with lease.run_leases(settings.warehouse, run_id) as leases:
             ctx = RunContext.start(settings, run_id, leases)
-            return _ended(_bill(ctx, day, partner_ids, dry_run, force, lease_wait_s, reports))
+            return _ended(
+                _bill(
+                    ctx, day, partner_ids, dry_run, force, lease_wait_s, reports, reconcile_earlier
+                )
+            )
     except UserError as exc:
         # bad configuration or input: fail the run with a one-line message, no traceback
         get_run_logger().error("%s", exc)
@@ -98,6 +106,7 @@ def _bill(
     force: bool,
     lease_wait_s: float,
     reports: list[PrefectFuture[None]],
+    reconcile_earlier: bool = True,
 ) -> RunSummary:
     """The run after its leases are taken. The per-partner report tasks it starts are added
     to `reports` for the caller to wait for (after publishing: the two overlap)."""
@@ -134,6 +143,10 @@ def _bill(
     report = None
     if not dry_run:
         report = billing.deliver(ctx, day, computed, force=force).report
+    reconciled = None
+    days = ctx.settings.reconcile_days
+    if not dry_run and days and not stopping.stopping():
+        reconciled = billing.reconcile(ctx, day, days if reconcile_earlier else 0)
 
     summary = stages.finish(
         ctx,
@@ -144,6 +157,8 @@ def _bill(
             outcomes=outcomes.combine(day, decisions, extracts, evaluations, report, dry_run),
             earlier_batches_sent=earlier.report.batches_sent if earlier else 0,
             stopped_by=stopping.stop_signal(),
+            reconciliation_differences=reconciled.differences if reconciled else 0,
+            reconciliation_failed=reconciled.failed if reconciled else 0,
         ),
     )
     create_table_artifact(

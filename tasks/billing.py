@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
-from bullphish_billing import mappings, partner_artifacts, stages, stopping
+from bullphish_billing import mappings, partner_artifacts, reconciliation, stages, stopping
 from bullphish_billing.errors import UserError
 from bullphish_billing.extract import ExtractResult
 from bullphish_billing.notable import Findings, NotableChange
@@ -121,6 +121,50 @@ def fetch_mappings(
                 fetch.error,
             )
     return fetches
+
+
+@task(name="reconcile", task_run_name="reconcile-{usage_date}", cache_policy=NO_CACHE)
+def reconcile(
+    ctx: RunContext, usage_date: dt.date, days_before: int
+) -> reconciliation.ReconcileReport:
+    """Repair what the last check found ours to repair, then reconcile the date and the
+    `days_before` dates before it with what KaseyaOne holds (rule 11). A reconciliation that
+    fails as a whole fails no delivery: it is reported (the run's outcome is a problem)."""
+    try:
+        report = stages.reconcile(ctx, stages.reconcile_dates(usage_date, days_before), repair=True)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported in the summary, the run goes on
+        report = reconciliation.ReconcileReport(
+            reconciliation.new_check_id(), error=bounded(str(exc))
+        )
+        get_run_logger().error("the reconciliation failed: %s", report.error)
+        return report
+    get_run_logger().info(
+        "reconciled %s and %d day(s) before in %.2f s: %s",
+        usage_date,
+        days_before,
+        report.seconds,
+        report.one_line(),
+    )
+    rows = report.rows()
+    markdown = [f"# Reconciliation with KaseyaOne, {usage_date}", "", report.one_line(), ""]
+    if rows:
+        markdown += [
+            "| " + " | ".join(rows[0]) + " |",
+            "|" + "---|" * len(rows[0]),
+            *("| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows),
+            "",
+            "Every metric: the view `reconciliation_open`. The next run re-sends what is "
+            "missing or differs at KaseyaOne; what it holds that we never sent is only reported.",
+        ]
+    create_markdown_artifact(
+        key=f"reconciliation-{usage_date.isoformat()}",
+        markdown="\n".join(markdown),
+        description=f"Reconciliation with KaseyaOne of {usage_date} and {days_before} day(s) "
+        "before",
+    )
+    return report
 
 
 OUTCOME_NAMES = {

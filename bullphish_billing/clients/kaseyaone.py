@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from types import TracebackType
@@ -15,7 +16,7 @@ import orjson
 from pydantic import SecretStr
 
 from .errors import ApiError, ContractViolationError
-from .pages import ListBudget
+from .pages import ListBudget, Page
 from .redaction import redactor
 from .retry import Call, RetryPolicy
 from .session import MAX_BODY_BYTES, ApiSession
@@ -258,6 +259,19 @@ class KaseyaOneClient:
             "limit": PAGE_LIMIT,
         }
         return await self._collect(USAGE_PATH, params)
+
+    def stored_usage_pages(self, partner_id: str, usage_date: date) -> AsyncIterator[Page]:
+        """GET /v1/billing/usage page by page (unvalidated records), for a reader that writes
+        each page as it comes instead of holding the list (reconciliation.py)."""
+        if not isinstance(usage_date, date) or isinstance(usage_date, datetime):
+            raise TypeError("usage_date must be a datetime.date")
+        params = {
+            "module": MODULE,
+            "partner_id": partner_id,
+            "usage_date": usage_date.isoformat(),
+            "limit": PAGE_LIMIT,
+        }
+        return self._session.pages(USAGE_PATH, params, self._auth, max_records=MAX_LIST_RECORDS)
 
     async def list_organization_mappings(
         self, partner_id: str, *, max_records: int = MAX_LIST_RECORDS

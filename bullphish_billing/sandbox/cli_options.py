@@ -154,6 +154,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "retry with the same Idempotency-Key is a replay (default %(default)s)",
     )
     faults.add_argument(
+        "--drift-rate",
+        type=_fraction(True),
+        default=_DEFAULTS.drift_rate,
+        help="KaseyaOne's store drifts after it acknowledged: the share of a partner-date's "
+        "stored metrics dropped or changed after its first batch, and the chance it gains one "
+        "metric nobody sent; seeded, once per partner-date, so that a reconciliation "
+        "finds it (default %(default)s)",
+    )
+    faults.add_argument(
         "--latency-ms",
         type=_non_negative_float,
         default=_DEFAULTS.latency_ms,
@@ -199,4 +208,5 @@ def config_from_args(ns: argparse.Namespace) -> SandboxConfig:
         malformed_rate=ns.malformed_rate,
         today=ns.today,
         cache_mb=ns.cache_mb,
+        drift_rate=ns.drift_rate,
     )

@@ -61,6 +61,15 @@ class SandboxConfig:
     """Memory for serialized lists (each list is generated and serialized once, then served
     page by page from memory). It should hold the lists clients read side by side: an evicted
     list is generated again for its next page. It does not change what is served."""
+    drift_rate: float = 0.0
+    """KaseyaOne's store drifts after it acknowledged: right after the first batch of a
+    partner-date is stored (and answered), each metric it holds is, with this probability,
+    dropped or given other units (half and half), and with the same probability the
+    partner-date gains one metric for an organization nobody sent (``o_drift...``). Seeded
+    by (seed, partner, metric), the same on every date: the same sends drift the same way,
+    whatever their order. Each partner-date drifts at most once (a later re-send stays as
+    sent), and every drift is recorded in ``KaseyaOneState.drifts``. (Last: positions are
+    relied on.)"""
 
     def __post_init__(self) -> None:
         for name in ("partners", "organizations_per_partner", "targets_per_organization"):
@@ -69,6 +78,8 @@ class SandboxConfig:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         if self.partners > 9999:
             raise ValueError("partners must be at most 9999")
+        if not 0.0 <= self.drift_rate <= 1.0:
+            raise ValueError(f"drift_rate must be in [0, 1], got {self.drift_rate!r}")
         for name in ("rate_429", "rate_5xx", "rate_lost_response"):
             value = getattr(self, name)
             # 1.0 would fail every request: a retrying client could never succeed.

@@ -23,6 +23,9 @@ Decisions the contract leaves open (a client must not depend on them):
   partner KaseyaOne does not link is 404 on organization-mappings and an empty list on GET usage.
 * A ``rate_lost_response`` fault stores the batch and remembers the answer, then replies with a
   5xx: a retry with the same key and body is a replay.
+* ``drift_rate``: right after the first batch of a partner-date is stored, its stored metrics
+  drift (dropped, other units, one metric nobody sent), seeded per metric; every drift is in
+  ``KaseyaOneState.drifts``, so a test knows exactly what a reconciliation must find.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from bullphish_billing.sandbox._hashing import h, text_id, unit
 from bullphish_billing.sandbox._http import (
     ApiError,
     Pager,
@@ -113,6 +117,30 @@ class UsageRequest:
         return (self.status == 200 and not self.replayed) or self.fault == "lost_response"
 
 
+class DriftKind:
+    """What happened to a stored metric when KaseyaOne's store drifted."""
+
+    DROPPED = "dropped"  # a reconciliation finds it missing_at_kaseyaone
+    CHANGED = "changed"  # ... differs
+    INJECTED = "injected"  # ... unexpected_at_kaseyaone (an organization nobody sent)
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One change KaseyaOne's store made on its own, after acknowledging (``drift_rate``)."""
+
+    partner_id: str
+    usage_date: str
+    organization_id: str
+    billing_type: str
+    kind: str
+    units_before: int | None
+    units_after: int | None
+
+
+_DRIFT_SALT = 0xD71F7
+
+
 @dataclass
 class _Token:
     client_id: str
@@ -140,6 +168,65 @@ class KaseyaOneState:
     )
     _tokens: dict[str, _Token] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    drifts: list[Drift] = field(default_factory=list, repr=False)
+    """Every change the store made on its own (``drift_rate``), in the order made."""
+    _drifted: set[tuple[str, str]] = field(default_factory=set, repr=False)
+
+    def drift(self, partner_id: str, usage_date: datetime.date, seed: int, rate: float) -> None:
+        """Once per partner-date, let its stored metrics drift (see ``DriftKind``): each one
+        dropped or changed with probability ``rate``, and one metric nobody sent added with
+        the same probability. Deterministic in (seed, partner, metric): the same on every date."""
+        if rate <= 0:
+            return
+        day = usage_date.isoformat()
+        scope = (partner_id, day)
+        base = (seed, _DRIFT_SALT, text_id(partner_id))  # not the date: tests stay stable
+        with self._lock:
+            if scope in self._drifted:
+                return
+            self._drifted.add(scope)
+            stored = self._metrics.get(scope, {})
+            for pair in sorted(stored):
+                metric_id = text_id("|".join(pair))
+                if unit(*base, metric_id, 1) >= rate:
+                    continue
+                metric = stored[pair]
+                before = metric["units"]
+                if unit(*base, metric_id, 2) < 0.5:
+                    del stored[pair]
+                    self.drifts.append(
+                        Drift(partner_id, day, *pair, DriftKind.DROPPED, before, None)
+                    )
+                    continue
+                if _UNIT_BY_CODE.get(pair[1]) == "true_false":
+                    after = 1 - before
+                else:
+                    after = before + 1 + h(*base, metric_id, 3) % 5
+                metric["units"] = after
+                self.drifts.append(Drift(partner_id, day, *pair, DriftKind.CHANGED, before, after))
+            if stored and unit(*base, 4) < rate:
+                organization_id = f"o_drift{h(*base, 5) % 10**8:08d}"
+                billing_type = sorted(stored)[0][1]
+                units = 1 if _UNIT_BY_CODE[billing_type] == "true_false" else 3
+                stored[(organization_id, billing_type)] = {
+                    "partner_id": partner_id,
+                    "organization_id": organization_id,
+                    "usage_date": day,
+                    "billing_type": billing_type,
+                    "units": units,
+                    "received_at": next(iter(stored.values()))["received_at"],
+                }
+                self.drifts.append(
+                    Drift(
+                        partner_id,
+                        day,
+                        organization_id,
+                        billing_type,
+                        DriftKind.INJECTED,
+                        None,
+                        units,
+                    )
+                )
 
     def stored(
         self, partner_id: str | None = None, usage_date: datetime.date | None = None
@@ -379,6 +466,8 @@ class _KaseyaOneApi:
                 rejected.append({"index": index, "reason": reason})
 
         self.state.upsert(partner_id, usage_date, good)
+        if good:  # acknowledged: from now on the store may drift (a sandbox knob)
+            self.state.drift(partner_id, usage_date, self.config.seed, self.config.drift_rate)
         return {"accepted": len(good), "rejected": rejected, "replayed": False}
 
     # ------------------------------------------------------------------ usage: GET

@@ -440,6 +440,18 @@ TABLES: tuple[Table, ...] = (
                 "KaseyaOne's received_at of the metric it holds; NULL when missing.",
             ),
             _c("checked_at", "TIMESTAMPTZ NOT NULL", "When KaseyaOne was read."),
+            _c(
+                "repaired_by",
+                "VARCHAR",
+                "For missing_at_kaseyaone or differs: the Idempotency-Key of the batch "
+                "(ops.outbox) that re-sent the acknowledged units, once, in the next daily run; "
+                "NULL until then, and always for unexpected_at_kaseyaone (never deleted).",
+            ),
+            _c(
+                "repaired_at",
+                "TIMESTAMPTZ",
+                "When the re-send was written to the outbox (its delivery: ops.outbox.status).",
+            ),
         ),
         ("check_id", "usage_date", "partner_id", "organization_id", "billing_type"),
     ),

@@ -14,6 +14,8 @@ uncommented.
 - `run_history`: every run, partner and date with its status and reason.
 - `stale_active_targets`: per date and billed organization, active users not updated for
   BILLING_STALE_DAYS (a warning; billing does not change).
+- `reconciliation_open`: the differences with KaseyaOne its latest check of each partner-date
+  found, with their re-send once the next run made it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ VIEWS: tuple[View, ...] = (
     View("main.unmapped_organizations"),
     View("main.run_history"),
     View("main.stale_active_targets"),
+    View("main.reconciliation_open"),
 )
 
 

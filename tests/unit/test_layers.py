@@ -45,6 +45,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bullphish_billing.extract",
             "bullphish_billing.mappings",
             "bullphish_billing.delivery",
+            "bullphish_billing.reconciliation",
             "bullphish_billing.notable",
             "bullphish_billing.stale_targets",
             "bullphish_billing.publish",
