@@ -12,6 +12,7 @@ uncommented.
   PSA unit-change policy (high-water mark, end of period, prorated daily).
 - `unmapped_organizations`: billed organizations the partner's PSA has not mapped.
 - `run_history`: every run, partner and date with its status and reason.
+- `metric_explanations`: per metric and reason, why its units are what they are (`explain`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ VIEWS: tuple[View, ...] = (
     View("main.invoice_preview"),
     View("main.unmapped_organizations"),
     View("main.run_history"),
+    View("main.metric_explanations"),
 )
 
 
