@@ -51,12 +51,16 @@ def old_warehouse(tmp_path: Path) -> Path:
 def test_the_fixture_is_a_version_1_warehouse_with_main_s_views(old_warehouse):
     """What the upgrade starts from: version 1, and main's view SQL, of which run_history's
     differs from today's sql/views/run_history.sql (its EXCLUDE list, which DuckDB stores in no
-    fixed order, became named columns)."""
+    fixed order, became named columns), and which lacks the views added since
+    (metric_explanations)."""
     with duckdb.connect(str(old_warehouse), read_only=True) as con:
         assert con.execute("SELECT version FROM ops.schema_version").fetchall() == [(1,)]
         assert MAKER.views(con) == MANIFEST["views"]
         assert MAKER.tables(con) == MANIFEST["tables"]
-        assert [v.name for v in migrations.stale_views(con)] == ["main.run_history"]
+        assert [v.name for v in migrations.stale_views(con)] == [
+            "main.run_history",
+            "main.metric_explanations",
+        ]
         assert "EXCLUDE" in MANIFEST["views"]["main.run_history"]["sql"]
 
 
