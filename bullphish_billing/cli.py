@@ -142,6 +142,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--date", type=_date, help="usage date (default: yesterday, UTC)")
 
+    explain = commands.add_parser(
+        "explain",
+        help="why a billed number is what it is",
+        description="Explain the metrics of one partner-date from the warehouse (opened "
+        "read-only, as an analyst's session): per metric, its units and the rule that produced "
+        "them, the target records counted and those left out by reason (inactive, quarantined "
+        "with each reason, exact duplicates collapsed, conflicting duplicates, organization "
+        "archived or held, unknown organization), the previous reported day and the change, "
+        "what was sent (batch Idempotency-Key, when, KaseyaOne's answer) and what KaseyaOne "
+        "held at the last reconciliation. A partner-date skipped or held says so, with its "
+        "reason. The same facts are in the analysts' view metric_explanations. Ids and counts "
+        "only: no personal data is stored or shown. Exit 2 for a date or partner never "
+        "processed.",
+    )
+    explain.add_argument("--date", type=_date, required=True, help="usage date YYYY-MM-DD")
+    explain.add_argument("--partner", required=True, metavar="ID", help="partner id, p_...")
+    explain.add_argument(
+        "--organization", metavar="ID", help="only this organization's metrics (o_...)"
+    )
+    explain.add_argument(
+        "--billing-type",
+        metavar="TYPE",
+        help="only this billing type, e.g. bullphish_id.phishing.per_user",
+    )
+    explain.add_argument(
+        "--json", action="store_true", help="print a JSON document instead of the text"
+    )
+    explain.add_argument(
+        "--targets",
+        action="store_true",
+        help="list the target ids of each reason (ids only)",
+    )
+
     alerts = commands.add_parser(
         "alerts",
         help="install the alerts (Prefect automations) on the Prefect server",
@@ -273,6 +306,19 @@ def _cmd_demo(ns: argparse.Namespace) -> int:
     return run_demo(ns.date)
 
 
+def _cmd_explain(ns: argparse.Namespace) -> int:
+    from bullphish_billing.commands import explain_metrics
+
+    return explain_metrics(
+        ns.date,
+        ns.partner,
+        organization_id=ns.organization,
+        billing_type=ns.billing_type,
+        as_json=ns.json,
+        targets=ns.targets,
+    )
+
+
 def _cmd_alerts(ns: argparse.Namespace) -> int:
     from bullphish_billing.alerts import install
 
@@ -288,6 +334,7 @@ COMMANDS = {
     "reconcile": _cmd_reconcile,
     "sandbox": _cmd_sandbox,
     "demo": _cmd_demo,
+    "explain": _cmd_explain,
     "alerts": _cmd_alerts,
 }
 

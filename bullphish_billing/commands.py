@@ -1,4 +1,4 @@
-"""What `run` and `backfill` do on the terminal: run the flow in this process, show its
+"""What `run`, `backfill` and `explain` do on the terminal: run the flow in this process, show its
 progress and summary, and turn its end into an exit code (cli.py parses the arguments).
 
 Prefect and the flows are imported only once the settings are known to be complete, so a
@@ -198,3 +198,28 @@ def run_reconcile(start: dt.date, end: dt.date, partner_ids: list[str] | None) -
         print(reporting.text_table(rows))
     print(f"reconcile {start}..{end}: {report.one_line()} (exit {report.exit_code})")
     return report.exit_code
+
+
+def explain_metrics(
+    usage_date: dt.date,
+    partner_id: str,
+    *,
+    organization_id: str | None = None,
+    billing_type: str | None = None,
+    as_json: bool = False,
+    targets: bool = False,
+) -> int:
+    """The `explain` command: print the explanation of a partner-date's metrics (text or
+    JSON) from the warehouse, read-only; return 0. A date or partner never processed is a
+    UsageError (exit 2)."""
+    from bullphish_billing import explain
+
+    settings = load_settings()
+    doc = explain.explain_file(
+        settings.warehouse,
+        explain.Query(usage_date, partner_id, organization_id, billing_type),
+        targets=targets,
+        lock_wait_s=settings.warehouse_lock_wait_s,
+    )
+    print(explain.to_json(doc) if as_json else explain.render(doc))
+    return 0

@@ -189,4 +189,35 @@ Look at the run:
                tables: billing_metrics, ops.partner_runs, ops.quarantine, ops.outbox
                (the pipeline's own warehouse is {warehouse})"""
     )
+    explain_one(warehouse, day)
     return 0
+
+
+def explain_one(warehouse: Path, day: dt.date) -> None:
+    """End with `bullphish-billing explain` of one per-user metric: the one counting the most
+    targets (a few lines; nothing printed if there is none)."""
+    from bullphish_billing import explain
+    from bullphish_billing.errors import BillingError
+    from bullphish_billing.warehouse.db import fetch_all, open_read_only
+
+    try:
+        with open_read_only(warehouse) as con:
+            rows = fetch_all(
+                con,
+                "SELECT partner_id, organization_id, billing_type FROM main.metric_explanations "
+                "WHERE usage_date = ? AND counted AND kind = 'active' "
+                "ORDER BY records DESC, partner_id, organization_id, billing_type LIMIT 1",
+                [day],
+            )
+            if not rows:
+                return
+            partner, organization, billing_type = rows[0]
+            doc = explain.explain(con, explain.Query(day, partner, organization, billing_type))
+    except BillingError:
+        return
+    print(
+        f"\nWhy is a number what it is? bullphish-billing explain --date {day} "
+        f"--partner {partner} --organization {organization} --billing-type {billing_type}"
+        f" (with BILLING_WAREHOUSE={warehouse}):\n"
+    )
+    print(explain.render(doc))

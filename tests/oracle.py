@@ -166,4 +166,54 @@ def expected_stale(
             c[1] += updated is not None and updated < edge
             c[2] += updated is None
         out |= {(pid, oid): tuple(c) for oid, c in counts.items() if c[1] or c[2]}
+
+
+@dataclass
+class Excluded:
+    """What happened to a billed partner's target records, by kind, as its data implies:
+    `by_org[(organization, kind)]` counts records (active: each id once), `bad_records` counts
+    the records that fail the contract (their organization is not to be trusted), and
+    `received[organization]` the well-formed records naming each organization."""
+
+    by_org: dict[tuple[str, str], int] = field(default_factory=dict)
+    bad_records: int = 0
+    received: dict[str, int] = field(default_factory=dict)
+    held_orgs: set[str] = field(default_factory=set)
+    archived_orgs: set[str] = field(default_factory=set)
+
+
+def expected_exclusions(world: Any, day: dt.date, pid: str) -> Excluded:
+    """Rules 2, 4, 6, 7 applied to one partner's targets of `day`, record by record, first
+    match wins: a copy of an id served with different content (or beside a bad copy) is a
+    conflicting duplicate; a target naming an organization the partner does not have is an
+    unknown organization; one of a held (bad-record) or archived organization is left out for
+    that; a second identical copy is collapsed; the rest are active or inactive."""
+    out = Excluded()
+    orgs, held, _ = _split(
+        "Organization", world.organizations(pid, day), lambda r: r["partner_id"] == pid
+    )
+    out.held_orgs = held
+    out.archived_orgs = {oid for oid, o in orgs.items() if o["status"] != "active"}
+    records = world.targets(pid, day)
+    good = [r for r in records if _valid("Target", r)]
+    out.bad_records = len(records) - len(good)
+    _, conflicting, _ = _split("Target", records)
+    seen: set[str] = set()
+    for r in good:
+        oid = r["organization_id"]
+        out.received[oid] = out.received.get(oid, 0) + 1
+        if r["id"] in conflicting:
+            kind = "conflicting duplicate"
+        elif oid not in orgs and oid not in held:
+            kind = "unknown organization"
+        elif oid in held:
+            kind = "organization held"
+        elif oid in out.archived_orgs:
+            kind = "organization archived"
+        elif r["id"] in seen:
+            kind = "exact duplicate collapsed"
+        else:
+            kind = r["status"]
+        seen.add(r["id"])
+        out.by_org[(oid, kind)] = out.by_org.get((oid, kind), 0) + 1
     return out

@@ -72,13 +72,17 @@ def _locked(exc: duckdb.IOException) -> bool:
     return "lock" in str(exc).lower()
 
 
-def _connect(path: Path, lock_wait_s: float) -> duckdb.DuckDBPyConnection:
+def _connect(
+    path: Path, lock_wait_s: float, *, read_only: bool = False
+) -> duckdb.DuckDBPyConnection:
     """Connect, trying again while another process holds the file, for up to `lock_wait_s`."""
     deadline = time.monotonic() + lock_wait_s
     pause, warned = 0.05, False
     while True:
         try:
-            return duckdb.connect(str(path), config={"memory_limit": MEMORY_LIMIT})
+            return duckdb.connect(
+                str(path), read_only=read_only, config={"memory_limit": MEMORY_LIMIT}
+            )
         except duckdb.IOException as exc:
             # a run asked to stop waits a few seconds at most (stopping.STOP_WAIT_S)
             remaining = stopping.wait_until(deadline) - time.monotonic()
@@ -243,6 +247,38 @@ def open_warehouse(
         ) from None
     finally:
         _close(con, key)
+
+
+@contextmanager
+def open_read_only(
+    path: Path | str, *, lock_wait_s: float = 0.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection to the warehouse, as an analyst's session opens it: no schema
+    applied, nothing written. While a run holds the file (a stage at a time), wait for it up
+    to `lock_wait_s` seconds; while this connection is open a run's stage waits for it, so
+    keep it short. A missing or unreadable file is a one-line WarehouseError."""
+    path = Path(path)
+    if not path.exists():
+        raise WarehouseError(f"no warehouse at {shown(path)}: nothing was processed yet")
+    try:
+        con = _connect(path, lock_wait_s, read_only=True)
+    except duckdb.IOException as exc:
+        if _locked(exc):
+            raise WarehouseError(
+                f"the warehouse {shown(path)} is held by a run (waited {lock_wait_s:.0f} s): "
+                "try again when its stage is done"
+            ) from None
+        raise WarehouseError(
+            f"cannot read the warehouse {shown(path)}: {bounded(str(exc))}"
+        ) from None
+    except (OSError, duckdb.Error) as exc:
+        raise WarehouseError(
+            f"cannot read the warehouse {shown(path)}: {bounded(str(exc))}"
+        ) from None
+    try:
+        yield con
+    finally:
+        con.close()
 
 
 def fetch_all(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> list[tuple]:

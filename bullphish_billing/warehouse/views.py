@@ -16,6 +16,7 @@ uncommented.
   BILLING_STALE_DAYS (a warning; billing does not change).
 - `reconciliation_open`: the differences with KaseyaOne its latest check of each partner-date
   found, with their re-send once the next run made it.
+- `metric_explanations`: per metric and reason, why its units are what they are (`explain`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ VIEWS: tuple[View, ...] = (
     View("main.run_history"),
     View("main.stale_active_targets"),
     View("main.reconciliation_open"),
+    View("main.metric_explanations"),
 )
 
 

@@ -65,7 +65,7 @@ def test_a_bad_setting_is_named(tmp_path, sandbox):
 
 
 def test_every_command_explains_itself(tmp_path):
-    for command in ("run", "backfill", "sandbox", "demo"):
+    for command in ("run", "backfill", "sandbox", "demo", "explain"):
         result = run_cli([command, "--help"], bare_env(tmp_path), tmp_path)
         assert result.returncode == 0 and "usage:" in result.stdout and len(result.stdout) > 200
 

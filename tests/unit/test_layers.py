@@ -52,6 +52,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bullphish_billing.outcomes",
             "bullphish_billing.reporting",
             "bullphish_billing.partner_artifacts",
+            "bullphish_billing.explain",
         ),
     ),
     (
