@@ -19,6 +19,7 @@ from typing import Any
 
 import duckdb
 
+from bullphish_billing import stale_targets, target_fates
 from bullphish_billing.errors import UsageError, WarehouseError
 from bullphish_billing.text import shown
 from bullphish_billing.warehouse import sqlfiles
@@ -146,7 +147,7 @@ def _reconciliation(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _reason(row: dict[str, Any], targets: bool) -> dict[str, Any]:
+def _reason(row: dict[str, Any], ids: _Ids | None) -> dict[str, Any]:
     out = {
         "kind": row["kind"],
         "reason": row["reason"],
@@ -154,9 +155,41 @@ def _reason(row: dict[str, Any], targets: bool) -> dict[str, Any]:
         "records": row["records"],
         "rule": row["rule"],
     }
-    if targets:
-        out["target_ids"] = list(row["target_ids"] or [])
+    if ids is not None:
+        out["target_ids"] = ids.of(row)
     return out
+
+
+def _stale(
+    found: stale_targets.StaleOrganization | None, subscription_type: str
+) -> dict[str, Any] | None:
+    """The organization's stale active users (per-user metrics; billing does not change)."""
+    if subscription_type != "per_user":
+        return None
+    if found is None:
+        return {"stale_targets": 0, "undated_targets": 0, "oldest_updated_at": None}
+    return {
+        "stale_targets": found.stale_targets,
+        "undated_targets": found.undated_targets,
+        "oldest_updated_at": _iso(found.oldest_updated_at),
+    }
+
+
+class _Ids:
+    """`--targets`: the partner-date's target ids by organization and reason, from the
+    warehouse's snapshot (the view counts them; the ids stay in raw.targets)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, q: Query) -> None:
+        self.by_reason = target_fates.target_ids(con, q.usage_date, q.partner_id)
+        self.by_kind: dict[tuple[str | None, str], list[str]] = {}
+        for (org, kind, _reason), ids in self.by_reason.items():
+            if kind != "quarantined":  # one reason per kind: an organization's row names it
+                self.by_kind[(org, kind)] = ids
+
+    def of(self, row: dict[str, Any]) -> list[str]:
+        org, kind = row["organization_id"], row["kind"]
+        found = self.by_reason.get((org, kind, row["reason"]))
+        return found if found is not None else self.by_kind.get((org, kind), [])
 
 
 def explain(con: duckdb.DuckDBPyConnection, q: Query, *, targets: bool = False) -> dict[str, Any]:
@@ -187,11 +220,13 @@ def explain(con: duckdb.DuckDBPyConnection, q: Query, *, targets: bool = False) 
             con, sqlfiles.text("explain/delivery"), {"d": q.usage_date, "p": q.partner_id}
         )
     }
+    ids = _Ids(con, q) if targets else None
+    stale = {s.organization_id: s for s in stale_targets.stored(con, q.usage_date, [q.partner_id])}
     metrics: dict[tuple[str, str], dict[str, Any]] = {}
     not_billed: list[dict[str, Any]] = []
     for row in rows:
         if row["billing_type"] is None:
-            not_billed.append({"organization_id": row["organization_id"], **_reason(row, targets)})
+            not_billed.append({"organization_id": row["organization_id"], **_reason(row, ids)})
             continue
         key = (row["organization_id"], row["billing_type"])
         metric = metrics.get(key)
@@ -210,11 +245,12 @@ def explain(con: duckdb.DuckDBPyConnection, q: Query, *, targets: bool = False) 
                     "change": row["change"],
                 },
                 "reasons": [],
+                "stale": _stale(stale.get(row["organization_id"]), row["subscription_type"]),
                 "sent": _delivery(facts, outcome) if facts else None,
                 "kaseyaone": _reconciliation(facts) if facts else None,
             }
         if row["kind"] not in COUNTED_KINDS:
-            metric["reasons"].append(_reason(row, targets))
+            metric["reasons"].append(_reason(row, ids))
     return {
         "usage_date": q.usage_date.isoformat(),
         "partner_id": q.partner_id,
@@ -229,6 +265,7 @@ def explain(con: duckdb.DuckDBPyConnection, q: Query, *, targets: bool = False) 
         },
         "metrics": list(metrics.values()),
         "not_billed": not_billed,
+        "stale_days": next(iter(stale.values())).stale_days if stale else None,
     }
 
 
@@ -285,6 +322,14 @@ def render(doc: dict[str, Any]) -> str:
                 else "not counted"
             )
             rows.append((label, r["reason"], str(r["records"])))
+        stale = m.get("stale")
+        if stale and (stale["stale_targets"] or stale["undated_targets"]):
+            text = f"active users not updated in {doc['stale_days']} days"
+            if stale["oldest_updated_at"]:
+                text += f" (oldest {stale['oldest_updated_at'][:10]}); billed all the same"
+            if stale["undated_targets"]:
+                text += f"; {stale['undated_targets']} with no real updated_at"
+            rows.append(("stale", text, str(stale["stale_targets"])))
         prev = m["previous"]
         if prev["usage_date"] is None:
             rows.append(("previous", "none: the partner's first reported day", ""))

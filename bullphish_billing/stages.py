@@ -24,6 +24,7 @@ from bullphish_billing import (
     reconciliation,
     stale_targets,
     stopping,
+    target_fates,
 )
 from bullphish_billing.clients import FinalApiError
 from bullphish_billing.errors import ConfigurationError, UnknownPartnerError
@@ -171,15 +172,18 @@ def extract(
 
 
 def evaluate(ctx: RunContext, usage_date: dt.date, partner_ids: list[str]) -> dict[str, Evaluation]:
-    """Apply the billing rules and store the partner-dates' metrics."""
+    """Apply the billing rules and store the partner-dates' metrics, and what happened to
+    each of their target records (`target_fates`, for `explain`)."""
     with ctx.warehouse() as con:
-        return billing_rules.evaluate(
+        evaluations = billing_rules.evaluate(
             con,
             usage_date,
             partner_ids,
             hold_threshold=ctx.settings.hold_threshold,
             run_id=ctx.run_id,
         )
+        target_fates.record(con, usage_date, partner_ids, ctx.run_id)
+        return evaluations
 
 
 def notable_changes(

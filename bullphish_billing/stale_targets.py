@@ -33,6 +33,7 @@ class StaleOrganization:
     stale_targets: int
     undated_targets: int
     oldest_updated_at: dt.datetime | None
+    stale_days: int
 
     @property
     def share(self) -> float:
@@ -84,7 +85,7 @@ def stored(
         con,
         """
         SELECT usage_date, partner_id, organization_id, subscription_type, active_targets,
-               stale_targets, undated_targets, oldest_updated_at
+               stale_targets, undated_targets, oldest_updated_at, stale_days
         FROM ops.stale_targets
         WHERE usage_date = $day AND ($partners IS NULL OR list_contains($partners, partner_id))
         ORDER BY partner_id, organization_id

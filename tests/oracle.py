@@ -166,6 +166,7 @@ def expected_stale(
             c[1] += updated is not None and updated < edge
             c[2] += updated is None
         out |= {(pid, oid): tuple(c) for oid, c in counts.items() if c[1] or c[2]}
+    return out
 
 
 @dataclass

@@ -102,10 +102,11 @@ _SERVED_DATE_TIMES = (
 
 
 def _0003_normalized_values_and_stale_targets(con: duckdb.DuckDBPyConnection, keys: bool) -> None:
-    """Schema version 3 (issue 14): ops.normalized_values, ops.stale_targets; the date-times
+    """Schema version 3 (issue 14): ops.normalized_values, ops.target_fates (counted from the
+    next run of each date on), ops.stale_targets; the date-times
     before year 1 that earlier versions stored (they break Python readers) are made null, each
     recorded in ops.normalized_values."""
-    _create(con, keys, ("ops.normalized_values", "ops.stale_targets"))
+    _create(con, keys, ("ops.normalized_values", "ops.target_fates", "ops.stale_targets"))
     for table, entity, column, owner in _SERVED_DATE_TIMES:
         unreal = f"{column} < TIMESTAMPTZ '0001-01-01 00:00:00+00'"
         con.execute(

@@ -475,6 +475,28 @@ TABLES: tuple[Table, ...] = (
         ),
     ),
     Table(
+        "ops.target_fates",
+        "What happened to each partner-date's target records, counted per organization and "
+        "reason (rules 2, 6, 7; first match wins): active, inactive, exact duplicate collapsed, "
+        "conflicting duplicate, quarantined, unknown organization, organization held or "
+        "archived; records quarantined at validation with organization_id NULL. Replaced per "
+        "partner-date by each run that evaluates it; behind the view metric_explanations.",
+        (
+            USAGE_DATE,
+            PARTNER_ID,
+            _c(
+                "organization_id",
+                "VARCHAR",
+                "The organization the records name; NULL for records quarantined at validation.",
+            ),
+            _c("kind", "VARCHAR NOT NULL", "What happened to the records (see the table)."),
+            _c("reason", "VARCHAR NOT NULL", "kind, with the quarantine's reason if any."),
+            _c("records", "BIGINT NOT NULL", "Target records (copies counted)."),
+            RUN_ID,
+            _c("computed_at", "TIMESTAMPTZ NOT NULL", "When counted."),
+        ),
+    ),
+    Table(
         "ops.stale_targets",
         "Per usage date and billed organization with any: its active targets (as counted for "
         "billing: not quarantined, each id once) whose updated_at is older than "

@@ -302,3 +302,60 @@ def test_filters_and_target_ids(warehouse, capsys, monkeypatch):
         "o_0002o9999",
     )
     assert code == 2 and "o_0002o9999" in err and len(err.strip().splitlines()) == 1
+
+
+def test_target_ids_agree_with_the_counts_and_the_sandbox(warehouse, capsys, monkeypatch):
+    """`--targets` lists, per reason, the ids of the records the view counts (the ids from the
+    warehouse's snapshot, the counts from ops.target_fates: one classification)."""
+    path, world, expected, _ = warehouse
+    for pid in billed_partners(expected[DAY]):
+        doc = doc_of(capsys, monkeypatch, path, DAY, pid, "--targets")
+        served = {
+            r["id"]: r.get("organization_id")
+            for r in world.targets(pid, DAY)
+            if isinstance(r, dict) and isinstance(r.get("id"), str)
+        }
+        for m in doc["metrics"]:
+            for r in m["reasons"]:
+                ids = r["target_ids"]
+                assert ids == sorted(set(ids)), (pid, r["kind"])
+                if r["kind"] in ("active", "inactive", "organization archived"):
+                    assert len(ids) == r["records"], (pid, m["organization_id"], r["kind"])
+                else:  # copies: each id once
+                    assert 0 < len(ids) <= r["records"], (pid, r["kind"])
+                assert all(served[t] == m["organization_id"] for t in ids), (pid, r["kind"])
+
+
+def test_the_analysts_file_answers_the_same(warehouse):
+    """The view reads counts the run stored (ops.target_fates), not raw.targets, so the
+    analysts' file (which holds no raw.targets) explains every metric as the warehouse does."""
+    path, _, _, _ = warehouse
+    query = "SELECT * FROM metric_explanations ORDER BY ALL"
+    with duckdb.connect(str(path), read_only=True) as con:
+        ours = con.execute(query).fetchall()
+    with duckdb.connect(str(path.with_name("analytics.duckdb")), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM raw.targets").fetchall() == [(0,)]
+        theirs = con.execute(query).fetchall()
+    assert ours and theirs == ours
+    assert any(row[11] for row in ours)  # target records are counted in it
+
+
+def test_stale_users_are_shown_and_billed_all_the_same(warehouse, capsys, monkeypatch):
+    """Issue 14 item 3 in explain: a per-user metric's stale active users, as counted in
+    stale_active_targets (the sandbox's dormant users of o_XXXXo0002); the units unchanged."""
+    path, _, expected, _ = warehouse
+    with duckdb.connect(str(path), read_only=True) as con:
+        rows = con.execute(
+            "SELECT partner_id, organization_id, stale_targets FROM stale_active_targets "
+            "WHERE usage_date = ? AND subscription_type = 'per_user' AND stale_targets > 0",
+            [DAY],
+        ).fetchall()
+    assert rows
+    pid, oid, n = rows[0]
+    doc = doc_of(capsys, monkeypatch, path, DAY, pid, "--organization", oid)
+    assert doc["stale_days"] == 180
+    for m in doc["metrics"]:
+        assert m["stale"]["stale_targets"] == n and m["stale"]["oldest_updated_at"]
+        assert m["units"] == expected[DAY].for_partner(pid)[(oid, m["billing_type"])]
+    code, out, _ = explain(capsys, monkeypatch, path, "--date", str(DAY), "--partner", pid)
+    assert code == 0 and "active users not updated in 180 days" in out

@@ -38,74 +38,12 @@ archived_organizations AS (
     WHERE status <> 'active'
 ),
 
-set_quarantine AS (
-    -- rules 6-7 at set level, per copy of a target (its position in the lists)
-    SELECT usage_date, partner_id, record_id AS id, page_no, page_row, min(reason) AS reason
-    FROM ops.quarantine
-    WHERE entity = 'target' AND stage = 'set'
-    GROUP BY ALL
-),
-
-targets AS (
-    SELECT
-        t.usage_date, t.partner_id, t.id, t.organization_id, t.status, q.reason AS set_reason,
-        row_number() OVER (
-            PARTITION BY t.usage_date, t.partner_id, t.id ORDER BY t.page_no, t.page_row
-        ) AS copy_no
-    FROM raw.targets AS t
-    LEFT JOIN set_quarantine AS q USING (usage_date, partner_id, id, page_no, page_row)
-),
-
-classified AS (
-    -- what happened to each target record received (in raw.targets), first match wins
-    SELECT
-        t.usage_date, t.partner_id, t.organization_id, t.id,
-        CASE
-            WHEN t.set_reason LIKE 'unknown organization%' THEN 'unknown organization'
-            WHEN t.set_reason = 'duplicate id with conflicting content'
-                THEN 'conflicting duplicate'
-            WHEN t.set_reason IS NOT NULL THEN 'quarantined'
-            WHEN h.organization_id IS NOT NULL THEN 'organization held'
-            WHEN a.organization_id IS NOT NULL THEN 'organization archived'
-            WHEN t.copy_no > 1 THEN 'exact duplicate collapsed'
-            WHEN t.status = 'active' THEN 'active'
-            ELSE 'inactive'
-        END AS kind,
-        CASE
-            WHEN t.set_reason LIKE 'unknown organization%'
-              OR t.set_reason = 'duplicate id with conflicting content'
-                THEN NULL
-            ELSE 'quarantined target: ' || t.set_reason
-        END AS quarantine_reason
-    FROM targets AS t
-    LEFT JOIN held_organizations AS h USING (usage_date, partner_id, organization_id)
-    LEFT JOIN archived_organizations AS a USING (usage_date, partner_id, organization_id)
-),
-
-bad_records AS (
-    -- rule 7: records that failed validation are not in raw.*: their organization is unknown
-    SELECT
-        usage_date, partner_id, NULL::VARCHAR AS organization_id, record_id AS id,
-        'quarantined' AS kind, 'quarantined ' || entity || ': ' || reason AS quarantine_reason
-    FROM ops.quarantine
-    WHERE stage = 'record' AND entity = 'target'
-       OR entity = 'organization' AND record_id IS NULL
-),
-
 target_groups AS (
-    SELECT
-        usage_date, partner_id, organization_id, kind,
-        CASE WHEN kind = 'quarantined' THEN quarantine_reason ELSE kind END AS reason,
-        count(*) AS records,
-        list_sort(list_distinct(list(id))) AS target_ids
-    FROM (
-        SELECT usage_date, partner_id, organization_id, id, kind, quarantine_reason
-        FROM classified
-        UNION ALL
-        SELECT usage_date, partner_id, organization_id, id, kind, quarantine_reason
-        FROM bad_records
-    )
-    GROUP BY ALL
+    -- what happened to each target record received, counted per organization and reason by
+    -- the run that evaluated the partner-date (ops.target_fates: the classification of
+    -- sql/explain/target_records.sql, so this view also answers in the analysts' file)
+    SELECT usage_date, partner_id, organization_id, kind, reason, records
+    FROM ops.target_fates
 ),
 
 explained_metrics AS (
@@ -134,8 +72,7 @@ metric_rows AS (
         CASE WHEN m.enabled THEN 'module enabled' ELSE 'module disabled' END AS kind,
         CASE WHEN m.enabled THEN 'module enabled' ELSE 'module disabled' END AS reason,
         m.subscription_type = 'per_organization' AND coalesce(m.enabled, false) AS counted,
-        NULL::BIGINT AS records,
-        NULL::VARCHAR [] AS target_ids
+        NULL::BIGINT AS records
     FROM explained_metrics AS m
     UNION ALL
     -- then the organization's target records, by what happened to them
@@ -143,7 +80,7 @@ metric_rows AS (
         m.*, g.kind, g.reason,
         m.subscription_type = 'per_user' AND coalesce(m.enabled, false)
             AND g.kind = 'active' AS counted,
-        g.records, g.target_ids
+        g.records
     FROM explained_metrics AS m
     JOIN target_groups AS g USING (usage_date, partner_id, organization_id)
 ),
@@ -157,8 +94,7 @@ organization_rows AS (
     SELECT
         o.usage_date, o.partner_id, o.organization_id, o.kind,
         CASE WHEN o.why IS NULL THEN o.kind ELSE o.kind || ': ' || o.why END AS reason,
-        coalesce(g.records, 0) AS records,
-        coalesce(g.target_ids, []::VARCHAR []) AS target_ids
+        coalesce(g.records, 0) AS records
     FROM (
         SELECT usage_date, partner_id, organization_id, 'organization held' AS kind, why
         FROM held_organizations
@@ -172,7 +108,7 @@ organization_rows AS (
 
 unbilled_rows AS (
     -- what no metric shows: unknown organizations, bad records, duplicates of unbilled ones
-    SELECT usage_date, partner_id, organization_id, kind, reason, records, target_ids
+    SELECT usage_date, partner_id, organization_id, kind, reason, records
     FROM target_groups
     ANTI JOIN billed_organizations USING (usage_date, partner_id, organization_id)
     WHERE kind NOT IN ('active', 'inactive', 'exact duplicate collapsed',
@@ -187,7 +123,7 @@ partner_rows AS (
         usage_date, partner_id, NULL::VARCHAR AS organization_id,
         'partner-date ' || status AS kind,
         'partner-date ' || status || coalesce(': ' || reason, '') AS reason,
-        NULL::BIGINT AS records, NULL::VARCHAR [] AS target_ids
+        NULL::BIGINT AS records
     FROM ops.partner_runs
     QUALIFY row_number() OVER (
         PARTITION BY usage_date, partner_id ORDER BY finished_at DESC, run_id DESC
@@ -236,7 +172,6 @@ SELECT
     reason,
     counted,
     records,
-    target_ids,
     -- against the partner's previous reported day
     previous_usage_date,
     previous_units,
@@ -256,14 +191,13 @@ SELECT
     reason,
     false AS counted,
     records,
-    target_ids,
     NULL::DATE AS previous_usage_date,
     NULL::BIGINT AS previous_units,
     NULL::BIGINT AS change
 FROM without_metric;
 
 -- The view's documentation (`COMMENT ON`), one line per column.
-COMMENT ON VIEW main.metric_explanations IS 'Why each billed number is what it is (docs/billing-rules.md rules 2-7), one row per metric and reason. Per metric (billing_type set): a row with the module switch and the rule that produced the units, then the organization''s target records by kind: active (counted = true when they are the units), inactive, exact duplicate collapsed, conflicting duplicate; for a per_user metric the records of these rows add up to the organization''s target records received that passed validation. Per partner-date, rows without a metric (billing_type NULL): organizations held or archived (with their target records), targets naming an unknown organization, records quarantined at validation (organization_id NULL: a bad record''s organization is not known), and a partner-date skipped, held or failed by its latest run. Ids and counts only: no personal data.';
+COMMENT ON VIEW main.metric_explanations IS 'Why each billed number is what it is (docs/billing-rules.md rules 2-7), one row per metric and reason. Per metric (billing_type set): a row with the module switch and the rule that produced the units, then the organization''s target records by kind: active (counted = true when they are the units), inactive, exact duplicate collapsed, conflicting duplicate; for a per_user metric the records of these rows add up to the organization''s target records received that passed validation. Per partner-date, rows without a metric (billing_type NULL): organizations held or archived (with their target records), targets naming an unknown organization, records quarantined at validation (organization_id NULL: a bad record''s organization is not known), and a partner-date skipped, held or failed by its latest run. Counts only (`bullphish-billing explain --targets` lists the target ids, from the warehouse); computed by each run from its snapshot (ops.target_fates), so it answers in the analysts'' file too. No personal data.';
 COMMENT ON COLUMN main.metric_explanations.usage_date IS 'The usage date.';
 COMMENT ON COLUMN main.metric_explanations.partner_id IS 'BullPhish ID partner (MSP) id.';
 COMMENT ON COLUMN main.metric_explanations.organization_id IS 'The organization (for unknown organization: the id the targets named); NULL for a partner-date row or records quarantined at validation.';
@@ -276,7 +210,6 @@ COMMENT ON COLUMN main.metric_explanations.kind IS 'module enabled, module disab
 COMMENT ON COLUMN main.metric_explanations.reason IS 'kind in words, with the quarantine''s or the run''s reason where there is one.';
 COMMENT ON COLUMN main.metric_explanations.counted IS 'True when these records (or, for a per_organization metric, the module switch) are what the units count.';
 COMMENT ON COLUMN main.metric_explanations.records IS 'Target records of this kind (copies counted; active: each id once); NULL on module and partner-date rows.';
-COMMENT ON COLUMN main.metric_explanations.target_ids IS 'Their target ids, sorted, each once (ids only; records whose id is bad have none).';
 COMMENT ON COLUMN main.metric_explanations.previous_usage_date IS 'The partner''s previous reported usage date (billing_changes), for metric rows.';
 COMMENT ON COLUMN main.metric_explanations.previous_units IS 'The metric''s units on previous_usage_date; NULL when it was not reported then.';
 COMMENT ON COLUMN main.metric_explanations.change IS 'units - previous_units, a missing side counted as 0.';
