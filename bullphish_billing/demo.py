@@ -185,8 +185,10 @@ Look at the run:
                .venv/bin/python -c "import duckdb; duckdb.connect('{analytics}',
                read_only=True).sql('FROM invoice_preview LIMIT 10').show()"
                or the DuckDB CLI (2.0 or newer): duckdb -readonly {analytics}
-               views: billing_changes, invoice_preview, unmapped_organizations, run_history
-               tables: billing_metrics, ops.partner_runs, ops.quarantine, ops.outbox
+               views: billing_changes, invoice_preview, unmapped_organizations, run_history,
+               metric_explanations, reconciliation_open, stale_active_targets
+               tables: billing_metrics, ops.partner_runs, ops.quarantine, ops.outbox,
+               ops.reconciliation
                (the pipeline's own warehouse is {warehouse})"""
     )
     explain_one(warehouse, day)

@@ -148,6 +148,9 @@ class RunSummary:
     reconciliation_failed: int = 0
     """Partner-dates the reconciliation could not check (KaseyaOne not read), or 1 when the
     reconciliation itself failed."""
+    reconciliation_repaired: int = 0
+    """Metrics re-sent to repair what the previous reconciliation found missing or differing
+    at KaseyaOne (rule 11)."""
 
     @property
     def exit_code(self) -> int:
@@ -173,6 +176,8 @@ class RunSummary:
             text += f"; {self.earlier_batches_sent} earlier batch(es) delivered"
         if self.still_pending:
             text += f"; {self.still_pending} batch(es) still pending"
+        if self.reconciliation_repaired:
+            text += f"; {self.reconciliation_repaired} metric(s) re-sent to repair KaseyaOne"
         if self.reconciliation_differences:
             text += f"; {self.reconciliation_differences} reconciliation difference(s)"
         if self.reconciliation_failed:

@@ -159,6 +159,7 @@ def _bill(
             stopped_by=stopping.stop_signal(),
             reconciliation_differences=reconciled.differences if reconciled else 0,
             reconciliation_failed=reconciled.failed if reconciled else 0,
+            reconciliation_repaired=reconciled.repaired if reconciled else 0,
         ),
     )
     create_table_artifact(
