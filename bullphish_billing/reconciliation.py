@@ -182,6 +182,7 @@ async def check(
     )
     checked: list[tuple[dt.date, str, dt.datetime, str | None]] = []
     gate = asyncio.Semaphore(max(1, concurrency))
+    held = _HeldBuffer(con)
 
     async def read(pair: PartnerDate) -> None:
         usage_date, partner_id = pair
@@ -189,41 +190,98 @@ async def check(
             read_at = dt.datetime.now(dt.UTC)
             error = None
             try:
-                await _read_held(client, con, usage_date, partner_id)
+                pages = await _read_held(client, usage_date, partner_id)
             except ApiError as exc:  # after the client's retries; redacted by the client
                 error = bounded(str(exc))
-            if error is not None:
-                con.execute(
-                    "DELETE FROM reconcile_held WHERE usage_date = ? AND partner_id = ?",
-                    [usage_date, partner_id],
-                )
                 log.warning("reconcile %s %s: KaseyaOne not read: %s", *pair, error)
+            else:
+                held.add(pages)  # whole partner-dates only: a failed read leaves nothing
             checked.append((usage_date, partner_id, read_at, error))
         if on_checked is not None:
             on_checked(pair)
 
     await asyncio.gather(*(read(p) for p in pairs))
+    held.flush()
     return record(con, checked, check_id=check_id, run_id=run_id)
 
 
+class _HeldBuffer:
+    """What KaseyaOne holds, appended to reconcile_held in batches of about BATCH_ROWS rows (one
+    INSERT per batch, not per page: each INSERT blocks the event loop that reads the pages)."""
+
+    BATCH_ROWS = 50_000
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+        self.tables: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, tables: list[pa.Table]) -> None:
+        self.tables += tables
+        self.rows += sum(t.num_rows for t in tables)
+        if self.rows >= self.BATCH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            self.tables.clear()
+            return
+        self.con.register("held_pages", pa.concat_tables(self.tables))
+        self.con.execute(
+            "INSERT INTO reconcile_held SELECT usage_date, partner_id, organization_id, "
+            "billing_type, units, TRY_CAST(received_at AS TIMESTAMPTZ) FROM held_pages"
+        )
+        self.con.unregister("held_pages")
+        self.tables.clear()
+        self.rows = 0
+
+
 async def _read_held(
-    client: KaseyaOneClient, con: duckdb.DuckDBPyConnection, usage_date: dt.date, partner_id: str
-) -> None:
-    """Append what KaseyaOne holds for the partner-date to reconcile_held, a page at a time."""
-    async for page in client.stored_usage_pages(partner_id, usage_date):
-        table = _page_table(page.records, usage_date, partner_id)
-        if table.num_rows:
-            con.register("held_page", table)
-            con.execute(
-                "INSERT INTO reconcile_held SELECT usage_date, partner_id, organization_id, "
-                "billing_type, units, TRY_CAST(received_at AS TIMESTAMPTZ) FROM held_page"
-            )
-            con.unregister("held_page")
+    client: KaseyaOneClient, usage_date: dt.date, partner_id: str
+) -> list[pa.Table]:
+    """What KaseyaOne holds for the partner-date, a table per page."""
+    return [
+        _page_table(page.records, usage_date, partner_id)
+        async for page in client.stored_usage_pages(partner_id, usage_date)
+    ]
 
 
 def _page_table(records: list[Any], usage_date: dt.date, partner_id: str) -> pa.Table:
     """A page of StoredMetric records as columns, or ContractViolationError for a record that
-    is not one of the partner-date asked for."""
+    is not one of the partner-date asked for: a column at a time (Arrow checks the types), and
+    record by record only to name the first bad one."""
+    try:
+        organizations = pa.array([r["organization_id"] for r in records], pa.string())
+        billing_types = pa.array([r["billing_type"] for r in records], pa.string())
+        received = pa.array([r["received_at"] for r in records], pa.string())
+        units = [r["units"] for r in records]
+        fine = (
+            {r["partner_id"] for r in records} <= {partner_id}
+            and {r["usage_date"] for r in records} <= {usage_date.isoformat()}
+            and all(type(u) is int for u in units)
+            and organizations.null_count == billing_types.null_count == received.null_count == 0
+        )
+        if fine:
+            n = len(records)
+            return pa.table(
+                [
+                    pa.array([usage_date] * n, pa.date32()),
+                    pa.array([partner_id] * n, pa.string()),
+                    organizations,
+                    billing_types,
+                    pa.array(units, pa.int64()),
+                    received,
+                ],
+                schema=_HELD_SCHEMA,
+            )
+    except (KeyError, TypeError, pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    return _page_table_exact(records, usage_date, partner_id)
+
+
+def _page_table_exact(records: list[Any], usage_date: dt.date, partner_id: str) -> pa.Table:
+    """`_page_table` record by record: the same table, or the error naming the first record
+    that is not a StoredMetric of the partner-date."""
     day = usage_date.isoformat()
     columns: dict[str, list[Any]] = {name: [] for name in _HELD_SCHEMA.names}
     for index, record in enumerate(records):
