@@ -385,11 +385,9 @@ def report(results: dict) -> str:
     if reconcile is not None:
         rest = flow["flow_seconds"] - reconcile
         lines.append(
-            f"  reconciliation: {reconcile:.2f} s ({reconcile / rest:.1%} of the rest of the "
-            f"run, {rest:.2f} s, had it run alone; it runs beside the report tasks and the "
-            f"mappings: the time it adds is the end-to-end time against a run with "
-            f"BILLING_RECONCILE_DAYS=0), {results.get('history_days', 0)} day(s) of history "
-            "before the measured date"
+            f"  reconciliation: {reconcile:.2f} s, {reconcile / rest:.1%} on top of the rest of "
+            f"the run ({rest:.2f} s), with {results.get('history_days', 0)} day(s) of history "
+            "before the measured date (BILLING_RECONCILE_DAYS=7 checks at most 7)"
         )
     cold = results["cold_start"]
     lines += [

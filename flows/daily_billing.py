@@ -143,28 +143,10 @@ def _bill(
     report = None
     if not dry_run:
         report = billing.deliver(ctx, day, computed, force=force).report
-    # the reconciliation (KaseyaOne, and the warehouse's ops.reconciliation*) runs beside the
-    # partners' report tasks (the Prefect API) and the organization mappings: the summary
-    # waits for it, nothing else does
-    reconciling = None
+    reconciled = None
     days = ctx.settings.reconcile_days
     if not dry_run and days and not stopping.stopping():
-        reconciling = billing.reconcile.submit(ctx, day, days if reconcile_earlier else 0)
-    partner_outcomes = outcomes.combine(day, decisions, extracts, evaluations, report, dry_run)
-    # one task per partner, named after it, writing its artifact (history per partner); they
-    # wait on the Prefect API, so the rest of the run goes on meanwhile
-    reports += billing.report_partner.map(
-        [o.partner_id for o in partner_outcomes],
-        unmapped(day),
-        partner_outcomes,
-        unmapped(changes),
-    )
-    # the organization mappings only inform analysts, and not once stopping
-    if not dry_run and not stopping.stopping():
-        fetched = billing.fetch_mappings(ctx, day, computed)
-        with leases.holding(lease.organization_mappings(), wait_s=lease_wait_s):
-            billing.store_mappings(ctx, day, fetched)  # shared by every date
-    reconciled = reconciling.result() if reconciling is not None else None
+        reconciled = billing.reconcile(ctx, day, days if reconcile_earlier else 0)
 
     summary = stages.finish(
         ctx,
@@ -172,7 +154,7 @@ def _bill(
             run_id=ctx.run_id,
             usage_date=day,
             dry_run=dry_run,
-            outcomes=partner_outcomes,
+            outcomes=outcomes.combine(day, decisions, extracts, evaluations, report, dry_run),
             earlier_batches_sent=earlier.report.batches_sent if earlier else 0,
             stopped_by=stopping.stop_signal(),
             reconciliation_differences=reconciled.differences if reconciled else 0,
@@ -207,5 +189,18 @@ def _bill(
         ),
         description=f"Per-user counts that moved, modules switched, stale users on {day}",
     )
+    # one task per partner, named after it, writing its artifact (history per partner); they
+    # wait on the Prefect API, so the rest of the run goes on meanwhile
+    reports += billing.report_partner.map(
+        [o.partner_id for o in summary.outcomes],
+        unmapped(day),
+        summary.outcomes,
+        unmapped(changes),
+    )
+    # the organization mappings only inform analysts: they come last, and not once stopping
+    if not dry_run and not stopping.stopping():
+        fetched = billing.fetch_mappings(ctx, day, computed)
+        with leases.holding(lease.organization_mappings(), wait_s=lease_wait_s):
+            billing.store_mappings(ctx, day, fetched)  # shared by every date
     log.info("%s", summary.one_line())
     return summary
