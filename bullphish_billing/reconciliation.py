@@ -358,6 +358,18 @@ def record(
     ]
 
 
+def repaired_by_run(con: duckdb.DuckDBPyConnection, run_id: str) -> set[PartnerDate]:
+    """The partner-dates whose differences the run `run_id` re-sent (`plan_repairs`)."""
+    rows = fetch_all(
+        con,
+        "SELECT DISTINCT o.usage_date, o.partner_id FROM ops.outbox AS o "
+        "JOIN ops.reconciliation_differences AS d ON d.repaired_by = o.idempotency_key "
+        "WHERE o.run_id = ?",
+        [run_id],
+    )
+    return {(d, p) for d, p in rows}
+
+
 def plan_repairs(con: duckdb.DuckDBPyConnection, dates: Sequence[dt.date], run_id: str) -> int:
     """Write to the outbox, as pending, the re-send of every open difference of `dates` that
     is ours to repair (sql/reconciliation/repairs.sql), and record it on the difference row,

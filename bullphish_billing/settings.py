@@ -143,9 +143,10 @@ class Settings(BaseSettings):
         alias="BILLING_RECONCILE_DAYS",
         ge=0,
         le=399,
-        description="After delivery, the daily run reconciles the date it delivered and the "
-        "days before it, this many, with what KaseyaOne holds (docs/billing-rules.md rule 11); "
-        "0 turns the reconciliation off.",
+        description="After delivery, the daily run reads back from KaseyaOne the date it "
+        "delivered, the day before it and the date this many days before it, and repairs the "
+        "differences found in that window (docs/billing-rules.md rule 11); 0 turns the "
+        "reconciliation off.",
     )
     analytics_file: Path | None = Field(
         None,

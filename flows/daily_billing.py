@@ -57,9 +57,10 @@ def daily_billing(
     `force` re-sends every metric, changed or not (new keys: KaseyaOne applies them again).
     A partner-date another run is billing is waited for, up to `lease_wait_s` seconds, then
     left to that run and reported failed (`bullphish_billing/lease.py`).
-    After delivery the run reconciles the date with what KaseyaOne holds, and the
-    BILLING_RECONCILE_DAYS dates before it unless `reconcile_earlier` is off (a backfill
-    reconciles each date it bills, without the window).
+    After delivery the run reconciles the date with what KaseyaOne holds, and, unless
+    `reconcile_earlier` is off (a backfill reconciles each date it bills, without the window),
+    the day before and the date BILLING_RECONCILE_DAYS before it, repairing the differences of
+    that window (`stages.reconcile_schedule`).
     """
     day = usage_date or yesterday_utc()
     run_id = str(flow_run.get_id() or uuid.uuid4())

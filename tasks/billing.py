@@ -131,7 +131,12 @@ def reconcile(
     `days_before` dates before it with what KaseyaOne holds (rule 11). A reconciliation that
     fails as a whole fails no delivery: it is reported (the run's outcome is a problem)."""
     try:
-        report = stages.reconcile(ctx, stages.reconcile_dates(usage_date, days_before), repair=True)
+        report = stages.reconcile(
+            ctx,
+            stages.reconcile_dates(usage_date, days_before),
+            check_dates=stages.reconcile_schedule(usage_date, days_before),
+            repair=True,
+        )
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - reported in the summary, the run goes on

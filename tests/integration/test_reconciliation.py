@@ -74,6 +74,51 @@ def next_run_reconciles(day: dt.date) -> stages.reconciliation.ReconcileReport:
     return stages.reconcile(ctx, [day], repair=True)
 
 
+def test_a_date_the_schedule_does_not_read_is_repaired_and_checked_again(configure, warehouse_path):
+    """The daily run reads back the date, the day before and the window's last date
+    (stages.reconcile_schedule), but repairs the open differences of the whole window and
+    checks the partner-dates it repaired: a drift found on a date three days back is re-sent
+    once and seen repaired, and no other date of the window is read."""
+    day = yesterday_utc() - dt.timedelta(days=2)
+    later = day + dt.timedelta(days=3)  # day is neither later, later - 1 nor later - 7
+    assert day not in stages.reconcile_schedule(later, 7)
+    assert day in stages.reconcile_dates(later, 7)
+    with RunningSandbox(DRIFTING) as sandbox:
+        configure(sandbox)
+        billed(usage_date=day)
+        want = drifted(sandbox)
+        ours = {k for k, v in want.items() if v[0] != "unexpected_at_kaseyaone"}
+        assert ours
+        settings = load_settings()
+        run_id = str(uuid.uuid4())
+        ctx = RunContext.start(settings, run_id, lease.RunLeases(settings.warehouse, run_id))
+        report = stages.reconcile(
+            ctx,
+            stages.reconcile_dates(later, 7),
+            check_dates=stages.reconcile_schedule(later, 7),
+            repair=True,
+        )
+        assert report.repaired == len(ours)
+        repaired_partners = {p for p, _d, _o, _t in ours}
+        assert {(c.usage_date, c.partner_id) for c in report.checks} == {
+            (day, p) for p in repaired_partners
+        }  # only what it repaired: nothing else of the window is delivered
+        assert sum(c.missing + c.differing for c in report.checks) == 0
+        assert set(differences(warehouse_path)) == set(want) - ours
+
+
+def test_the_schedule_reads_three_dates_of_the_window():
+    day = dt.date(2026, 12, 1)
+    assert stages.reconcile_schedule(day, 7) == [
+        day,
+        day - dt.timedelta(days=1),
+        dt.date(2026, 11, 24),
+    ]
+    assert stages.reconcile_schedule(day, 1) == [day, day - dt.timedelta(days=1)]
+    assert stages.reconcile_schedule(day, 0) == [day]
+    assert len(stages.reconcile_dates(day, 7)) == 8
+
+
 def test_reconciliation_finds_every_drift_repairs_ours_and_reports_the_rest(
     configure, warehouse_path
 ):
