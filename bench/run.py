@@ -387,7 +387,8 @@ def report(results: dict) -> str:
         lines.append(
             f"  reconciliation: {reconcile:.2f} s, {reconcile / rest:.1%} on top of the rest of "
             f"the run ({rest:.2f} s), with {results.get('history_days', 0)} day(s) of history "
-            "before the measured date (BILLING_RECONCILE_DAYS=7 checks at most 7)"
+            "before the measured date (it reads the date, the day before and the date "
+            "BILLING_RECONCILE_DAYS before, when delivered)"
         )
     cold = results["cold_start"]
     lines += [
