@@ -164,6 +164,12 @@ def _connect_or_fail(path: Path, lock_wait_s: float) -> duckdb.DuckDBPyConnectio
                 f"the warehouse {shown(path)} is locked by another process{waited} (another "
                 "run, or a DuckDB session open on it, even read-only): close it or wait"
             ) from None
+        if "Could not read enough bytes" in str(exc):  # a block it needs is past the end
+            raise WarehouseError(
+                f"the warehouse {shown(path)} is damaged: {path.stat().st_size:,} bytes, too "
+                "short for the blocks DuckDB reads when it opens it (cut short?); nothing was "
+                "written to it: restore it from a backup"
+            ) from None
         raise WarehouseError(
             f"cannot open the warehouse {shown(path)}: {bounded(str(exc))}"
         ) from None
