@@ -88,7 +88,7 @@ def daily_billing(
     finally:
         # the analysts' file, after every run that started, however it ended
         billing.publish(ctx, day, return_state=True)
-        wait(reports)  # the per-partner artifacts, written meanwhile by the Prefect API
+        wait(reports)  # the per-partner report tasks and their artifacts, run meanwhile
 
 
 def _ended(summary: RunSummary) -> RunSummary | State:
