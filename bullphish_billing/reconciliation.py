@@ -125,6 +125,10 @@ class ReconcileReport:
             text += f"; failed: {self.error}"
         return text
 
+    def partners_to_look_at(self) -> frozenset[str]:
+        """The partners with a difference or a failed check, on any date of this pass."""
+        return frozenset(c.partner_id for c in self.checks if c.differences or c.status == FAILED)
+
     def rows(self) -> list[dict[str, Any]]:
         """The checks that are not clean, ids and numbers only (for an artifact)."""
         return [

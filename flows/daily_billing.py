@@ -88,7 +88,7 @@ def daily_billing(
     finally:
         # the analysts' file, after every run that started, however it ended
         billing.publish(ctx, day, return_state=True)
-        wait(reports)  # the per-partner artifacts, written meanwhile by the Prefect API
+        wait(reports)  # the per-partner report tasks and their artifacts, run meanwhile
 
 
 def _ended(summary: RunSummary) -> RunSummary | State:
@@ -190,13 +190,16 @@ def _bill(
         ),
         description=f"Per-user counts that moved, modules switched, stale users on {day}",
     )
-    # one task per partner, named after it, writing its artifact (history per partner); they
-    # wait on the Prefect API, so the rest of the run goes on meanwhile
+    # one task per partner, named after it and its outcome; a partner with something to look
+    # at (a problem, a notable change, a reconciliation difference) also gets a new version of
+    # its artifact (history per partner). They wait on the Prefect API, so the rest of the run
+    # goes on meanwhile
     reports += billing.report_partner.map(
         [o.partner_id for o in summary.outcomes],
         unmapped(day),
         summary.outcomes,
         unmapped(changes),
+        unmapped(reconciled.partners_to_look_at() if reconciled else frozenset()),
     )
     # the organization mappings only inform analysts: they come last, and not once stopping
     if not dry_run and not stopping.stopping():

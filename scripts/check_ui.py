@@ -11,8 +11,9 @@
    partner, a partner KaseyaOne answers 422, metrics rejected), so it is red (`Failed`) with
    its one-line summary as the state message; task runs carry partner and date in their names
    and the partners' outcomes (`Not Delivered`, `Held`) as their state names; the artifacts
-   (the per-partner keys `billing-p-0001`, ...) render; saves screenshots of the pages (the
-   Task Runs tab tall enough to show every partner);
+   (the per-partner keys `billing-p-0008`, ..., written only for a partner with something to
+   look at: none for a skipped partner) render, and the Artifacts page shows a partner's history;
+   saves screenshots of the pages (the Task Runs tab tall enough to show every partner);
 5. prints a verdict and the screenshots' paths, stops everything it started and deletes its
    temporary files (the screenshots stay, under data/ui-check/ unless --out says otherwise).
 
@@ -38,11 +39,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bullphish_billing import partner_artifacts  # noqa: E402
 from bullphish_billing.dates import yesterday_utc  # noqa: E402
 from bullphish_billing.demo import free_port, start_prefect_server, stop, wait_healthy  # noqa: E402
 from bullphish_billing.sandbox import RunningSandbox, SandboxConfig  # noqa: E402
 
 FAILED_PARTNER = "p_0007"  # the sandbox's partner KaseyaOne answers 422 (not linked)
+PARTIAL_PARTNER = "p_0008"  # KaseyaOne rejects its o_0008o0002 metrics: partial every day
+SKIPPED_PARTNER = "p_0003"  # KaseyaOne integration not activated: skipped every day
 SERVER_TIMEOUT_S = 150
 RUN_TIMEOUT_S = 300
 PAGE_BUDGET_MS = 15000  # virtual time Chromium gives the page's scripts before dumping
@@ -210,8 +214,15 @@ def main(argv: list[str] | None = None) -> int:
             api_url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}
         )
         ids = {a["key"]: a["id"] for a in artifacts}
-        want = {f"billing-{day}", f"notable-changes-{day}", "billing-p-0002", "billing-p-0008"}
+        partial_key = partner_artifacts.key(PARTIAL_PARTNER)
+        skipped_key = partner_artifacts.key(SKIPPED_PARTNER)
+        want = {f"billing-{day}", f"notable-changes-{day}", partial_key}
         checks.check(want <= set(ids), f"artifacts {sorted(want)} were created")
+        checks.check(
+            skipped_key not in ids,
+            f"no {skipped_key}: a skipped partner has nothing to look at (it stays in the "
+            f"run's table billing-{day})",
+        )
 
         # Prefect 3.9 serves two UIs; V2 (under /v2) is the default one
         browser = Browser(chromium, work / "chromium-profile")
@@ -223,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             "flow-run-task-runs.png": f"{page}?tab=TaskRuns",
             "task-run-failed-partner.png": f"{url}/v2/runs/task-run/{failed_task.get('id')}",
             "flow-run-artifacts.png": f"{page}?tab=Artifacts",
-            "artifact-history-billing-p-0002.png": f"{url}/v2/artifacts/key/billing-p-0002",
-            "artifact-billing-p-0008.png": f"{artifact}/{ids.get('billing-p-0008')}",
+            f"artifact-history-{partial_key}.png": f"{url}/v2/artifacts/key/{partial_key}",
+            f"artifact-{partial_key}.png": f"{artifact}/{ids.get(partial_key)}",
             "artifact-notable-changes.png": f"{artifact}/{ids.get(f'notable-changes-{day}')}",
         }
         dom = {file: browser.dom(address) for file, address in pages.items()}
@@ -255,19 +266,19 @@ def main(argv: list[str] | None = None) -> int:
             "the failed partner's task-run page names it and KaseyaOne's reason",
         )
         checks.check(
-            "billing-p-0002" in dom["flow-run-artifacts.png"]
+            partial_key in dom["flow-run-artifacts.png"]
             and f"notable-changes-{day}" in dom["flow-run-artifacts.png"],
             "the flow-run page's Artifacts tab lists the per-partner and notable-changes artifacts",
         )
+        history = dom[f"artifact-history-{partial_key}.png"]
         checks.check(
-            f"p_0002 on {day}" in dom["artifact-history-billing-p-0002.png"]
-            and dom["artifact-history-billing-p-0002.png"].count("daily-billing-") >= 2,
-            "the Artifacts page shows billing-p-0002's history (both runs)",
+            f"{PARTIAL_PARTNER} on {day}" in history and history.count("daily-billing-") >= 2,
+            f"the Artifacts page shows {partial_key}'s history (both runs)",
         )
         checks.check(
-            "metrics rejected" in dom["artifact-billing-p-0008.png"]
-            and "partial" in dom["artifact-billing-p-0008.png"],
-            "billing-p-0008 renders as markdown (its outcome table)",
+            "metrics rejected" in dom[f"artifact-{partial_key}.png"]
+            and "partial" in dom[f"artifact-{partial_key}.png"],
+            f"{partial_key} renders as markdown (its outcome table)",
         )
         checks.check(
             "Notable changes on" in dom["artifact-notable-changes.png"],

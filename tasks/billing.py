@@ -189,18 +189,23 @@ def report_partner(
     usage_date: dt.date,
     outcome: PartnerOutcome,
     changes: list[NotableChange],
+    reconciliation_partners: frozenset[str] = frozenset(),
 ) -> State:
-    """The partner's outcome for the date as its artifact (key `billing-p-XXXX`: one key per
-    partner, so the Artifacts page shows each partner's history), and as the task run's state:
-    Completed, named after the outcome ("Held", "Not delivered", "Partly delivered", ...) with
-    its reason as the message, so the Task Runs tab points at the partner that needs a look
-    (a Failed task run would put an ERROR line per partner on the terminal; the flow run is
-    the one that turns red)."""
-    create_markdown_artifact(
-        key=partner_artifacts.key(partner_id),
-        markdown=partner_artifacts.markdown(outcome, changes),
-        description=f"{partner_id} on {usage_date}: {outcome.status}",
-    )
+    """The partner's outcome for the date as the task run's state: Completed, named after the
+    outcome ("Held", "Not delivered", "Partly delivered", ...) with its reason as the message,
+    so the Task Runs tab points at the partner that needs a look (a Failed task run would put
+    an ERROR line per partner on the terminal; the flow run is the one that turns red). When
+    the partner has something to look at (`partner_artifacts.worth_an_artifact`: a problem, a
+    notable change, a reconciliation difference), also as its artifact (key `billing-p-XXXX`:
+    one key per partner, so the Artifacts page shows each partner's history)."""
+    if partner_artifacts.worth_an_artifact(outcome, changes, reconciliation_partners):
+        create_markdown_artifact(
+            key=partner_artifacts.key(partner_id),
+            markdown=partner_artifacts.markdown(
+                outcome, changes, reconciled_differently=partner_id in reconciliation_partners
+            ),
+            description=f"{partner_id} on {usage_date}: {outcome.status}",
+        )
     told = bounded(f"{outcome.status}: {outcome.reason}" if outcome.reason else outcome.status)
     return Completed(name=OUTCOME_NAMES[outcome.status], message=told)
 

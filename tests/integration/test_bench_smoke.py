@@ -39,9 +39,10 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_scale(tmp_path):
         "flow_vs_fetch_plus_prefect_floors",
         "aggregate_vs_duckdb_floor",
     }
-    # the Prefect floor replays the run's own task runs and artifacts: one report per partner
+    # the Prefect floor replays the run's own task runs and artifacts: one report task run per
+    # partner, an artifact per partner with something to look at, and the run's own
     floor = figures["prefect_floor"]
     assert floor["task_runs"] > figures["scale"]["partners"]
-    assert floor["artifacts"] >= figures["scale"]["partners"]
+    assert floor["artifacts"] >= 3
     assert figures["flow"]["prefect_server_cpu_seconds"] >= 0
     assert "ratios:" in result.stdout

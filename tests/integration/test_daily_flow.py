@@ -7,6 +7,7 @@ tables.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections import Counter
 
@@ -185,10 +186,14 @@ def test_kaseyaone_down_leaves_batches_pending_and_the_next_run_delivers_them(
         assert stored(bullphish_only, day) == expected_in_kaseyaone(bullphish_only.world, expected)
 
 
-def test_each_partner_has_a_task_run_and_an_artifact_named_after_it(configure, warehouse_path):
-    """Issue 4's Prefect UI: per-partner task runs named with partner and date, each writing
-    the partner's artifact (one key per partner: its history); the organization mappings of
-    the delivered partners are fetched by one task over one client."""
+def test_each_partner_has_a_task_run_and_an_artifact_when_it_has_something_to_look_at(
+    configure, warehouse_path
+):
+    """Issue 4's Prefect UI: per-partner task runs named with partner and date; issue 16: a
+    partner's artifact (one key per partner: its history) only when the partner has something
+    to look at: held, failed or partial, a notable change, a reconciliation difference. Every
+    partner stays in the run's table artifact and in run_history. The organization mappings
+    of the delivered partners are fetched by one task over one client."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -200,8 +205,12 @@ def test_each_partner_has_a_task_run_and_an_artifact_named_after_it(configure, w
     from bullphish_billing import partner_artifacts
 
     day = yesterday_utc() - dt.timedelta(days=1)
-    with RunningSandbox(SandboxConfig(seed=5, partners=10)) as sandbox:
-        configure(sandbox)
+    # KaseyaOne's store drifts (reconciliation differences); enough users that a per-user
+    # organization moves every day, and any move is notable
+    config = SandboxConfig(seed=5, partners=10, targets_per_organization=200, drift_rate=0.1)
+    with RunningSandbox(config) as sandbox:
+        configure(sandbox, BILLING_NOTABLE_CHANGE=0, BILLING_NOTABLE_MIN_USERS=1)
+        run(day - dt.timedelta(days=1))  # the day before: something to compare with
         summary = run(day)
     with get_client(sync_client=True) as client:
         # the API records the report task runs a moment after the flow returns: wait for them
@@ -224,14 +233,52 @@ def test_each_partner_has_a_task_run_and_an_artifact_named_after_it(configure, w
     assert len(partners) == 10
     assert all(names[f"report-{p}-{day}"] == 1 for p in partners), sorted(names)
     assert names[f"mappings-{day}"] == 1 and not any(n.startswith("mappings-p_") for n in names)
-    report_runs = {t.id: t.name for t in task_runs if t.name.startswith("report-")}
-    by_key = {a.key: a for a in artifacts}
-    for partner in partners:
-        artifact = by_key[partner_artifacts.key(partner)]
-        assert report_runs[artifact.task_run_id] == f"report-{partner}-{day}"
+
+    # who has something to look at, from the run's outcomes and what it recorded
     with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        noted = {
+            p
+            for (p,) in con.execute(
+                "SELECT partner_id FROM ops.notable_changes WHERE run_id = ? AND usage_date = ?",
+                [summary.run_id, day],
+            ).fetchall()
+        }
+        differing = {
+            p
+            for (p,) in con.execute(
+                "SELECT partner_id FROM ops.reconciliation WHERE run_id = ? "
+                "AND (status = 'failed' OR missing + differing + unexpected > 0)",
+                [summary.run_id],
+            ).fetchall()
+        }
+        history = {
+            p
+            for (p,) in con.execute(
+                "SELECT partner_id FROM main.run_history WHERE run_id = ?", [summary.run_id]
+            ).fetchall()
+        }
         fetched = {
             p for (p,) in con.execute("SELECT partner_id FROM ops.mapping_fetches").fetchall()
         }
+    problems = {o.partner_id for o in summary.outcomes if o.status in ("held", "failed", "partial")}
+    looked_at = problems | noted | differing
+    quiet = set(partners) - looked_at
+    # each reason alone (p_0007 and p_0008 with problems, p_0001 with notable changes only,
+    # p_0002 with reconciliation differences only), and partners with none (skipped, delivered)
+    seen = (problems, noted, differing)
+    assert problems and noted - problems - differing and differing - problems - noted, seen
+    assert {"skipped", "delivered"} <= {o.status for o in summary.outcomes if o.partner_id in quiet}
+    report_runs = {t.id: t.name for t in task_runs if t.name.startswith("report-")}
+    by_key = {a.key: a for a in artifacts}
+    for partner in looked_at:
+        artifact = by_key[partner_artifacts.key(partner)]
+        assert report_runs[artifact.task_run_id] == f"report-{partner}-{day}"
+    written = {k for k in by_key if k.startswith("billing-p-")}
+    assert written == {partner_artifacts.key(p) for p in looked_at}
+    # every partner stays in the run's table artifact and in run_history
+    table = by_key[f"billing-{day}"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert sorted(r["partner_id"] for r in rows) == sorted(partners)
+    assert history == set(partners)
     delivered = {o.partner_id for o in summary.outcomes if o.status not in ("skipped", "held")}
     assert delivered and delivered <= fetched
