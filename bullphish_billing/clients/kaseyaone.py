@@ -250,28 +250,17 @@ class KaseyaOneClient:
 
     async def list_stored_usage(self, partner_id: str, usage_date: date) -> list[dict[str, Any]]:
         """GET /v1/billing/usage: every metric KaseyaOne holds for the partner and date."""
-        if not isinstance(usage_date, date) or isinstance(usage_date, datetime):
-            raise TypeError("usage_date must be a datetime.date")
-        params = {
-            "module": MODULE,
-            "partner_id": partner_id,
-            "usage_date": usage_date.isoformat(),
-            "limit": PAGE_LIMIT,
-        }
-        return await self._collect(USAGE_PATH, params)
+        return await self._collect(USAGE_PATH, _usage_query(partner_id, usage_date))
 
     def stored_usage_pages(self, partner_id: str, usage_date: date) -> AsyncIterator[Page]:
         """GET /v1/billing/usage page by page (unvalidated records), for a reader that writes
         each page as it comes instead of holding the list (reconciliation.py)."""
-        if not isinstance(usage_date, date) or isinstance(usage_date, datetime):
-            raise TypeError("usage_date must be a datetime.date")
-        params = {
-            "module": MODULE,
-            "partner_id": partner_id,
-            "usage_date": usage_date.isoformat(),
-            "limit": PAGE_LIMIT,
-        }
-        return self._session.pages(USAGE_PATH, params, self._auth, max_records=MAX_LIST_RECORDS)
+        return self._session.pages(
+            USAGE_PATH,
+            _usage_query(partner_id, usage_date),
+            self._auth,
+            max_records=MAX_LIST_RECORDS,
+        )
 
     async def list_organization_mappings(
         self, partner_id: str, *, max_records: int = MAX_LIST_RECORDS
@@ -309,6 +298,18 @@ class KaseyaOneClient:
         async for page in pages:
             records.extend(page.records)
         return records
+
+
+def _usage_query(partner_id: str, usage_date: date) -> dict[str, Any]:
+    """The query of GET /v1/billing/usage for a partner-date, a page as large as allowed."""
+    if not isinstance(usage_date, date) or isinstance(usage_date, datetime):
+        raise TypeError("usage_date must be a datetime.date")
+    return {
+        "module": MODULE,
+        "partner_id": partner_id,
+        "usage_date": usage_date.isoformat(),
+        "limit": PAGE_LIMIT,
+    }
 
 
 def _is_count(value: object) -> bool:
