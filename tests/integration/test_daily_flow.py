@@ -263,10 +263,12 @@ def test_each_partner_has_a_task_run_and_an_artifact_when_it_has_something_to_lo
     problems = {o.partner_id for o in summary.outcomes if o.status in ("held", "failed", "partial")}
     looked_at = problems | noted | differing
     quiet = set(partners) - looked_at
-    # each reason alone (p_0007 and p_0008 with problems, p_0001 with notable changes only,
-    # p_0002 with reconciliation differences only), and partners with none (skipped, delivered)
+    # every reason occurs (which partner has which depends on the day's data: a module switch
+    # makes a per-organization partner notable on some days, so no partner is assumed to have
+    # one reason alone; tests/unit/test_partner_artifacts.py takes each reason alone), and
+    # partners with none (skipped, delivered) get no artifact
     seen = (problems, noted, differing)
-    assert problems and noted - problems - differing and differing - problems - noted, seen
+    assert problems and noted and differing, seen
     assert {"skipped", "delivered"} <= {o.status for o in summary.outcomes if o.partner_id in quiet}
     report_runs = {t.id: t.name for t in task_runs if t.name.startswith("report-")}
     by_key = {a.key: a for a in artifacts}
