@@ -152,12 +152,21 @@ class _OpenFiles:
 _OPEN = _OpenFiles()
 
 
-def _connect_or_fail(path: Path, lock_wait_s: float) -> duckdb.DuckDBPyConnection:
-    """`_connect`, its failures as a one-line WarehouseError."""
+def _connect_or_fail(
+    path: Path, lock_wait_s: float, *, read_only: bool = False
+) -> duckdb.DuckDBPyConnection:
+    """`_connect`, its failures as a one-line WarehouseError (a reader's in its own words)."""
+    verb = "read" if read_only else "open"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return _connect(path, lock_wait_s)
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return _connect(path, lock_wait_s, read_only=read_only)
     except duckdb.IOException as exc:
+        if _locked(exc) and read_only:
+            raise WarehouseError(
+                f"the warehouse {shown(path)} is held by a run (waited {lock_wait_s:.0f} s): "
+                "try again when its stage is done"
+            ) from None
         if _locked(exc):
             waited = f" (waited {lock_wait_s:.0f} s)" if lock_wait_s else ""
             raise WarehouseError(
@@ -171,11 +180,11 @@ def _connect_or_fail(path: Path, lock_wait_s: float) -> duckdb.DuckDBPyConnectio
                 "written to it: restore it from a backup"
             ) from None
         raise WarehouseError(
-            f"cannot open the warehouse {shown(path)}: {bounded(str(exc))}"
+            f"cannot {verb} the warehouse {shown(path)}: {bounded(str(exc))}"
         ) from None
     except (OSError, duckdb.Error) as exc:
         raise WarehouseError(
-            f"cannot open the warehouse {shown(path)}: {bounded(str(exc))}"
+            f"cannot {verb} the warehouse {shown(path)}: {bounded(str(exc))}"
         ) from None
 
 
@@ -266,21 +275,7 @@ def open_read_only(
     path = Path(path)
     if not path.exists():
         raise WarehouseError(f"no warehouse at {shown(path)}: nothing was processed yet")
-    try:
-        con = _connect(path, lock_wait_s, read_only=True)
-    except duckdb.IOException as exc:
-        if _locked(exc):
-            raise WarehouseError(
-                f"the warehouse {shown(path)} is held by a run (waited {lock_wait_s:.0f} s): "
-                "try again when its stage is done"
-            ) from None
-        raise WarehouseError(
-            f"cannot read the warehouse {shown(path)}: {bounded(str(exc))}"
-        ) from None
-    except (OSError, duckdb.Error) as exc:
-        raise WarehouseError(
-            f"cannot read the warehouse {shown(path)}: {bounded(str(exc))}"
-        ) from None
+    con = _connect_or_fail(path, lock_wait_s, read_only=True)
     try:
         yield con
     finally:
