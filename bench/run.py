@@ -289,7 +289,69 @@ def run_dlt(sandbox: Sandbox, work: Path, day: dt.date) -> dict | None:
     return result
 
 
-def benchmark(scale: Scale, dlt_scale: Scale | None, work: Path, history_days: int = 0) -> dict:
+def run_backfill(
+    sandbox: Sandbox,
+    api_url: str,
+    home: Path,
+    warehouse: Path,
+    start_day: dt.date,
+    end_day: dt.date,
+    server_pid: int,
+) -> dict:
+    """The backfill flow over a range, in a child process, into `warehouse`."""
+    out = warehouse.with_suffix(".backfill.json")
+    cpu_before = sandbox.cpu()
+    server_before = cpu_seconds(server_pid)
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.backfill_child",
+            start_day.isoformat(),
+            end_day.isoformat(),
+            str(out),
+        ],
+        env=_env(sandbox, api_url, home, warehouse),
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    result = json.loads(out.read_text())
+    result["wall_seconds"] = time.perf_counter() - start
+    result["sandbox_cpu_seconds"] = sandbox.cpu() - cpu_before
+    result["prefect_server_cpu_seconds"] = cpu_seconds(server_pid) - server_before
+    result["date_seconds"] = _subflow_seconds(api_url, result["flow_run_id"])
+    return result
+
+
+def _subflow_seconds(api_url: str, flow_run_id: str) -> list[float]:
+    """Each date's daily-billing run within a backfill, as Prefect recorded it, oldest first."""
+    response = httpx.post(
+        f"{api_url}/flow_runs/filter",
+        json={"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}, "limit": 200},
+        timeout=30,
+    )
+    response.raise_for_status()
+    spans = []
+    for run in sorted(response.json(), key=lambda r: r["name"]):
+        if run.get("start_time") and run.get("end_time"):
+            start = dt.datetime.fromisoformat(run["start_time"])
+            spans.append((dt.datetime.fromisoformat(run["end_time"]) - start).total_seconds())
+    return spans
+
+
+def _bytes(path: Path) -> int:
+    """A DuckDB file's size with its write-ahead log, if any (0 when missing)."""
+    return sum(p.stat().st_size for p in (path, Path(f"{path}.wal")) if p.exists())
+
+
+def benchmark(scale: Scale, dlt_scale: Scale | None, work: Path, backfill_days: int = 0) -> dict:
+    """Every figure of one `make bench` run (see the module's docstring and bench/README.md).
+
+    The measured daily run is the date D billed on a warehouse holding the `backfill_days`
+    dates before it (billed first, as one backfill, itself measured); the same date billed on
+    an empty warehouse beforehand gives the one-day figure both are compared with."""
     day = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
     home = work / "prefect-home"
     port = free_port(0)
@@ -298,6 +360,7 @@ def benchmark(scale: Scale, dlt_scale: Scale | None, work: Path, history_days: i
     results: dict = {
         "scale": scale.__dict__ | {"targets": scale.targets},
         "usage_date": day.isoformat(),
+        "backfill_days": backfill_days,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -315,14 +378,35 @@ def benchmark(scale: Scale, dlt_scale: Scale | None, work: Path, history_days: i
             floor["sandbox_cpu_seconds"] = sandbox.cpu() - cpu_before
             floor["first_pass_seconds"] = warm["seconds"]
             results["fetch_floor"] = floor
-            # history first, unmeasured: the warehouse of the measured run then holds the
-            # days before it (its reconciliation window full, as in steady state)
-            results["history_days"] = history_days
-            for back in range(history_days, 0, -1):
-                run_flow(sandbox, api_url, home, work, day - dt.timedelta(days=back), server.pid)
-            results["flow"] = run_flow(sandbox, api_url, home, work, day, server.pid)
+            empty = work / "empty"
+            empty.mkdir()
+            results["flow_empty"] = run_flow(sandbox, api_url, home, empty, day, server.pid)
+            history = work / "history"
+            history.mkdir()
+            if backfill_days:
+                warehouse = history / f"warehouse-{sandbox.bullphish_port}.duckdb"
+                results["backfill"] = run_backfill(
+                    sandbox,
+                    api_url,
+                    home,
+                    warehouse,
+                    day - dt.timedelta(days=backfill_days),
+                    day - dt.timedelta(days=1),
+                    server.pid,
+                )
+                results["backfill"]["warehouse_bytes"] = _bytes(warehouse)
+                results["backfill"]["analytics_bytes"] = _bytes(
+                    warehouse.with_name("analytics.duckdb")
+                )
+                results["flow"] = run_flow(sandbox, api_url, home, history, day, server.pid)
+            else:
+                results["flow"] = results["flow_empty"]
         finally:
             sandbox.close()
+        for run in (results["flow"], results["flow_empty"]):
+            warehouse = Path(run["warehouse"])
+            run["warehouse_bytes"] = _bytes(warehouse)
+            run["analytics_bytes"] = _bytes(warehouse.with_name("analytics.duckdb"))
         results["prefect_floor"] = prefect_floor(
             api_url, home, work, results["flow"]["flow_run_id"], server.pid
         )
@@ -332,8 +416,10 @@ def benchmark(scale: Scale, dlt_scale: Scale | None, work: Path, history_days: i
             small = Sandbox(dlt_scale)
             try:
                 fetch_floor(small.bullphish_url, TOKEN, day)
-                flow_small = run_flow(small, api_url, home, work, day, server.pid)
-                dlt_result = run_dlt(small, work, day)
+                dlt_work = work / "dlt"
+                dlt_work.mkdir()
+                flow_small = run_flow(small, api_url, home, dlt_work, day, server.pid)
+                dlt_result = run_dlt(small, dlt_work, day)
             finally:
                 small.close()
             results["dlt"] = {
@@ -343,19 +429,94 @@ def benchmark(scale: Scale, dlt_scale: Scale | None, work: Path, history_days: i
             }
     finally:
         stop(server)
-    flow, floor = results["flow"], results["fetch_floor"]
-    ratios = {
+    results["ratios"] = ratios(results)
+    results["per_million_records"] = per_million_records(results)
+    if backfill_days:
+        results["bytes_per_day"] = bytes_per_day(results)
+    return results
+
+
+def ratios(results: dict) -> dict[str, float]:
+    """The figures issue 16 sets targets for, each against a floor of the same run."""
+    flow, floor, empty = results["flow"], results["fetch_floor"], results["flow_empty"]
+    found = {
         "flow_vs_fetch_floor": flow["flow_seconds"] / floor["seconds"],
         "flow_vs_fetch_plus_prefect_floors": flow["flow_seconds"]
         / (floor["seconds"] + results["prefect_floor"]["seconds"]),
+        "flow_cpu_vs_fetch_floor_cpu": flow["cpu_seconds"] / max(floor["cpu_seconds"], 1e-9),
         "aggregate_vs_duckdb_floor": flow["stages"].get("evaluate", 0.0)
         / max(results["duckdb_floor_seconds"], 1e-9),
     }
+    backfill = results.get("backfill")
+    if backfill:
+        found["backfill_vs_one_day"] = backfill["wall_seconds"] / empty["wall_seconds"]
+        found["after_history_vs_empty_warehouse"] = flow["flow_seconds"] / empty["flow_seconds"]
     dlt_part = results.get("dlt")
     if dlt_part and dlt_part["dlt"]:
-        ratios["dlt_vs_flow"] = dlt_part["dlt"]["wall_seconds"] / dlt_part["flow"]["wall_seconds"]
-    results["ratios"] = ratios
-    return results
+        found["dlt_vs_flow"] = dlt_part["dlt"]["wall_seconds"] / dlt_part["flow"]["wall_seconds"]
+    return found
+
+
+def bytes_per_day(results: dict) -> dict[str, float]:
+    """What each day of history adds to the warehouse and to the analysts' file: the files
+    after the backfill's days and the measured date, less the files of that date alone."""
+    empty, flow = results["flow_empty"], results["flow"]
+    days = max(results.get("backfill_days", 0), 1)
+    return {
+        "warehouse": (flow["warehouse_bytes"] - empty["warehouse_bytes"]) / days,
+        "analytics": (flow["analytics_bytes"] - empty["analytics_bytes"]) / days,
+    }
+
+
+def per_million_records(results: dict) -> dict[str, float]:
+    """CPU seconds per million records read, per process, for the measured daily run and for
+    the fetch floor's client (the records are the same pages)."""
+    flow, floor = results["flow"], results["fetch_floor"]
+    millions = max(floor["records"], 1) / 1_000_000
+    return {
+        "flow_process": flow["cpu_seconds"] / millions,
+        "prefect_server": flow["prefect_server_cpu_seconds"] / millions,
+        "sandbox": flow["sandbox_cpu_seconds"] / millions,
+        "fetch_floor_client": floor["cpu_seconds"] / millions,
+    }
+
+
+def _history_lines(results: dict) -> list[str]:
+    """The backfill against one day, the same date on an empty warehouse and after the
+    backfill's history (each stage), and the files' bytes per day."""
+    empty, flow = results["flow_empty"], results["flow"]
+    backfill = results.get("backfill")
+    if not backfill:
+        return [
+            f"one day on an empty warehouse: warehouse {empty['warehouse_bytes'] / 1e6:.1f} MB, "
+            f"analysts' file {empty['analytics_bytes'] / 1e6:.1f} MB (no backfill asked)"
+        ]
+    days = backfill["dates"]
+    per_date = backfill["date_seconds"]
+    lines = [
+        f"backfill {days} days   {backfill['wall_seconds']:8.2f} s  "
+        f"({backfill['wall_seconds'] / empty['wall_seconds']:.1f}x one day's "
+        f"{empty['wall_seconds']:.2f} s; {backfill['wall_seconds'] / days:.2f} s a date; "
+        f"each date's run {min(per_date, default=0):.1f}-{max(per_date, default=0):.1f} s, "
+        f"2 at a time; CPU {backfill['cpu_seconds']:.1f} s, Prefect server CPU "
+        f"{backfill['prefect_server_cpu_seconds']:.1f} s, sandbox CPU "
+        f"{backfill['sandbox_cpu_seconds']:.1f} s; peak RSS {backfill['peak_rss_mb']:.0f} MB)",
+        f"the same date, empty warehouse / after {days} days: "
+        f"{empty['flow_seconds']:.2f} s / {flow['flow_seconds']:.2f} s "
+        f"({flow['flow_seconds'] / empty['flow_seconds']:.2f}x)",
+    ]
+    for stage in sorted(set(empty["stages"]) | set(flow["stages"])):
+        before, after = empty["stages"].get(stage, 0.0), flow["stages"].get(stage, 0.0)
+        lines.append(f"  {stage:<15}{before:8.2f} s  {after:8.2f} s")
+    per_day = bytes_per_day(results)
+    lines.append(
+        f"bytes per day of history: warehouse {per_day['warehouse'] / 1e6:.1f} MB "
+        f"({flow['warehouse_bytes'] / 1e6:.0f} MB for {days + 1} days, "
+        f"{empty['warehouse_bytes'] / 1e6:.0f} MB for one), analysts' file "
+        f"{per_day['analytics'] / 1e6:.2f} MB ({flow['analytics_bytes'] / 1e6:.1f} MB, "
+        f"{empty['analytics_bytes'] / 1e6:.1f} MB)"
+    )
+    return lines
 
 
 def report(results: dict) -> str:
@@ -386,10 +547,16 @@ def report(results: dict) -> str:
         rest = flow["flow_seconds"] - reconcile
         lines.append(
             f"  reconciliation: {reconcile:.2f} s, {reconcile / rest:.1%} on top of the rest of "
-            f"the run ({rest:.2f} s), with {results.get('history_days', 0)} day(s) of history "
+            f"the run ({rest:.2f} s), with {results.get('backfill_days', 0)} day(s) of history "
             "before the measured date (it reads the date, the day before and the date "
             "BILLING_RECONCILE_DAYS before, when delivered)"
         )
+    lines += _history_lines(results)
+    cpu = results["per_million_records"]
+    lines.append(
+        "CPU s per million records: "
+        + ", ".join(f"{name.replace('_', ' ')} {seconds:.2f}" for name, seconds in cpu.items())
+    )
     cold = results["cold_start"]
     lines += [
         f"DuckDB floor     {results['duckdb_floor_seconds']:8.3f} s",
@@ -421,11 +588,13 @@ def main(argv: list[str] | None = None) -> int:
         "targets); 'none' skips it",
     )
     parser.add_argument(
-        "--history-days",
+        "--backfill-days",
         type=int,
-        default=0,
-        help="bill this many days before the measured date first, unmeasured, in the same "
-        "warehouse (7 fills the reconciliation window, as in steady state); default 0",
+        default=30,
+        help="backfill this many days before the measured date first (measured against one "
+        "day), into the warehouse the measured run then bills: its figures are those of a "
+        "warehouse with that much history, compared with the same date on an empty one; "
+        "0 skips the backfill (default 30)",
     )
     parser.add_argument(
         "--out", type=Path, help="JSON file (default bench/results/<scale>-<time>.json)"
@@ -433,13 +602,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bpb-bench-"))
     try:
-        if args.history_days < 0:
-            parser.error("--history-days must be 0 or more")
+        if args.backfill_days < 0:
+            parser.error("--backfill-days must be 0 or more")
         results = benchmark(
             SCALES[args.scale],
             None if args.dlt_scale == "none" else SCALES[args.dlt_scale],
             work,
-            args.history_days,
+            args.backfill_days,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
