@@ -206,5 +206,9 @@ def _bill(
         fetched = billing.fetch_mappings(ctx, day, computed)
         with leases.holding(lease.organization_mappings(), wait_s=lease_wait_s):
             billing.store_mappings(ctx, day, fetched)  # shared by every date
+    # last, housekeeping: the target snapshots older than BILLING_RAW_RETENTION_DAYS (a dry run
+    # deletes nothing: the snapshot it extracted is there to be looked at)
+    if not dry_run and not stopping.stopping():
+        billing.apply_retention(ctx, day)
     log.info("%s", summary.one_line())
     return summary
