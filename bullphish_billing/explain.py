@@ -6,6 +6,8 @@ and KaseyaOne's answer, and what KaseyaOne held at the last reconciliation. The 
 explanation is the analysts' view `main.metric_explanations` (one source of truth); the
 delivery facts come from ops.* (sql/explain/*.sql). The warehouse is opened read-only, as an
 analyst's session opens it. Ids and counts only: no personal data is stored, none is printed.
+`--targets` lists ids from the partner-date's target snapshot (raw.targets); once
+BILLING_RAW_RETENTION_DAYS has dropped it (retention.py), it says so instead.
 """
 
 from __future__ import annotations
