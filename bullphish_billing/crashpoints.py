@@ -1,4 +1,5 @@
-"""Crash points: a testing hook that kills this process at a named boundary of delivery.
+"""Crash points: a testing hook that kills this process at a named boundary of delivery (and
+of raw retention).
 
 When the environment variable `BILLING_CRASH_AT` names a point, the process SIGKILLs itself
 the moment a run reaches that point: no exception, no `finally`, no flush, exactly like a
@@ -13,7 +14,9 @@ The points, in the order a run meets them:
 - `after-compute`: the metrics of the date are computed and stored, nothing is planned yet;
 - `after-plan`: the changed metrics are in the outbox as pending batches, nothing is sent;
 - `after-send`: KaseyaOne has answered a batch, the answer is not recorded yet;
-- `between-batches`: a batch's answer is recorded, the next batch is not sent yet.
+- `between-batches`: a batch's answer is recorded, the next batch is not sent yet;
+- `in-retention`: at the end of the run, the oldest date's target snapshot is deleted and its
+  drop recorded in ops.raw_retention, in one transaction not committed yet (retention.py).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import threading
 from collections import Counter
 
 ENVIRONMENT_VARIABLE = "BILLING_CRASH_AT"
-POINTS = ("after-compute", "after-plan", "after-send", "between-batches")
+POINTS = ("after-compute", "after-plan", "after-send", "between-batches", "in-retention")
 
 _reached: Counter[str] = Counter()
 _lock = threading.Lock()

@@ -6,6 +6,8 @@ and KaseyaOne's answer, and what KaseyaOne held at the last reconciliation. The 
 explanation is the analysts' view `main.metric_explanations` (one source of truth); the
 delivery facts come from ops.* (sql/explain/*.sql). The warehouse is opened read-only, as an
 analyst's session opens it. Ids and counts only: no personal data is stored, none is printed.
+`--targets` lists ids from the partner-date's target snapshot (raw.targets); once
+BILLING_RAW_RETENTION_DAYS has dropped it (retention.py), it says so instead.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import duckdb
 
-from bullphish_billing import stale_targets, target_fates
+from bullphish_billing import retention, stale_targets, target_fates
 from bullphish_billing.errors import UsageError, WarehouseError
 from bullphish_billing.text import shown
 from bullphish_billing.warehouse import sqlfiles
@@ -192,6 +194,30 @@ class _Ids:
         return found if found is not None else self.by_kind.get((org, kind), [])
 
 
+def _target_snapshot(con: duckdb.DuckDBPyConnection, q: Query) -> dict[str, Any]:
+    """Whether the partner-date's target snapshot (raw.targets) is kept, was dropped by
+    BILLING_RAW_RETENTION_DAYS (when, and by which setting), or never existed (None)."""
+    dropped = retention.snapshot_dropped(con, q.usage_date, q.partner_id)
+    if dropped is not None:
+        return {
+            "state": "dropped",
+            "dropped_at": _iso(dropped["dropped_at"]),
+            "retention_days": dropped["retention_days"],
+            "kept_from": _iso(dropped["kept_from"]),
+        }
+    extracted = fetch_all(
+        con,
+        "SELECT 1 FROM ops.extractions WHERE usage_date = ? AND partner_id = ?",
+        [q.usage_date, q.partner_id],
+    )
+    return {
+        "state": "kept" if extracted else None,
+        "dropped_at": None,
+        "retention_days": None,
+        "kept_from": None,
+    }
+
+
 def explain(con: duckdb.DuckDBPyConnection, q: Query, *, targets: bool = False) -> dict[str, Any]:
     """The explanation of a partner-date's metrics as a JSON-ready document. UsageError when
     the date or partner was never processed, or the organization or billing type is not
@@ -220,7 +246,9 @@ def explain(con: duckdb.DuckDBPyConnection, q: Query, *, targets: bool = False) 
             con, sqlfiles.text("explain/delivery"), {"d": q.usage_date, "p": q.partner_id}
         )
     }
-    ids = _Ids(con, q) if targets else None
+    snapshot = _target_snapshot(con, q)
+    # the ids come from the snapshot: once dropped, there are none to list (not an empty list)
+    ids = _Ids(con, q) if targets and snapshot["state"] != "dropped" else None
     stale = {s.organization_id: s for s in stale_targets.stored(con, q.usage_date, [q.partner_id])}
     metrics: dict[tuple[str, str], dict[str, Any]] = {}
     not_billed: list[dict[str, Any]] = []
@@ -266,6 +294,8 @@ def explain(con: duckdb.DuckDBPyConnection, q: Query, *, targets: bool = False) 
         "metrics": list(metrics.values()),
         "not_billed": not_billed,
         "stale_days": next(iter(stale.values())).stale_days if stale else None,
+        "target_snapshot": snapshot,
+        "targets_asked": targets,
     }
 
 
@@ -310,6 +340,13 @@ def render(doc: dict[str, Any]) -> str:
     ]
     if not doc["metrics"] and pd["status"] in ("skipped", "held", "failed"):
         lines.append(f"no metric of this partner-date: it was {pd['status']}")
+    snapshot = doc.get("target_snapshot") or {}
+    if doc.get("targets_asked") and snapshot.get("state") == "dropped":
+        lines.append(
+            f"targets: no ids to list: the target snapshot of {doc['usage_date']} was dropped on "
+            f"{snapshot['dropped_at'][:10]} by BILLING_RAW_RETENTION_DAYS="
+            f"{snapshot['retention_days']} (the counts below stay)"
+        )
     for m in doc["metrics"]:
         lines += ["", f"{m['organization_id']}  {m['billing_type']}  = {_units(m['units'])}"]
         rows = [("rule", m["rule"], "")]

@@ -148,6 +148,17 @@ class Settings(BaseSettings):
         "differences found in that window (docs/billing-rules.md rule 11); 0 turns the "
         "reconciliation off.",
     )
+    raw_retention_days: int = Field(
+        90,
+        alias="BILLING_RAW_RETENTION_DAYS",
+        ge=0,
+        le=36500,
+        description="At the end of each run that is not a dry run, keep the target snapshots "
+        "(raw.targets, one row per user per date) of this many usage dates ending yesterday "
+        "(UTC), and drop those of older dates: rows with usage_date < yesterday - (N - 1) "
+        "days, each drop recorded in ops.raw_retention. The counts (ops.target_fates, "
+        "metric_explanations) and everything else stay. 0 keeps every snapshot.",
+    )
     analytics_file: Path | None = Field(
         None,
         alias="BILLING_ANALYTICS_FILE",

@@ -22,11 +22,13 @@ from bullphish_billing import (
     outcomes,
     publish,
     reconciliation,
+    retention,
     stale_targets,
     stopping,
     target_fates,
 )
 from bullphish_billing.clients import FinalApiError
+from bullphish_billing.dates import yesterday_utc
 from bullphish_billing.errors import ConfigurationError, UnknownPartnerError
 from bullphish_billing.extract import ExtractResult, extract_partner_list, extract_partners
 from bullphish_billing.reporting import unattributed_quarantine
@@ -350,6 +352,21 @@ def store_mappings(ctx: RunContext, fetches: list[mappings.MappingFetch]) -> int
     """Store the fetched mappings (failed fetches keep the partner's previous ones)."""
     with ctx.warehouse() as con:
         return mappings.store(con, fetches, ctx.run_id)
+
+
+def apply_retention(ctx: RunContext) -> retention.RetentionReport:
+    """Drop the target snapshots older than BILLING_RAW_RETENTION_DAYS before yesterday
+    (UTC), each date in one transaction with its record in ops.raw_retention (retention.py);
+    partner-dates another run holds are left for a later run."""
+    with ctx.warehouse() as con:
+        return retention.apply(
+            con,
+            yesterday=yesterday_utc(),
+            retention_days=ctx.settings.raw_retention_days,
+            run_id=ctx.run_id,
+            leases=ctx.leases,
+            crash=ctx.crashpoint,
+        )
 
 
 def finish(ctx: RunContext, summary: RunSummary) -> RunSummary:

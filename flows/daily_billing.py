@@ -60,7 +60,8 @@ def daily_billing(
     After delivery the run reconciles the date with what KaseyaOne holds, and, unless
     `reconcile_earlier` is off (a backfill reconciles each date it bills, without the window),
     the day before and the date BILLING_RECONCILE_DAYS before it, repairing the differences of
-    that window (`stages.reconcile_schedule`).
+    that window (`stages.reconcile_schedule`). Last, unless it is a dry run, it drops the target
+    snapshots older than BILLING_RAW_RETENTION_DAYS (`retention.py`).
     """
     day = usage_date or yesterday_utc()
     run_id = str(flow_run.get_id() or uuid.uuid4())
@@ -206,5 +207,9 @@ def _bill(
         fetched = billing.fetch_mappings(ctx, day, computed)
         with leases.holding(lease.organization_mappings(), wait_s=lease_wait_s):
             billing.store_mappings(ctx, day, fetched)  # shared by every date
+    # last, housekeeping: the target snapshots older than BILLING_RAW_RETENTION_DAYS (a dry run
+    # deletes nothing: the snapshot it extracted is there to be looked at)
+    if not dry_run and not stopping.stopping():
+        billing.apply_retention(ctx, day)
     log.info("%s", summary.one_line())
     return summary

@@ -18,7 +18,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
-from bullphish_billing import mappings, partner_artifacts, reconciliation, stages, stopping
+from bullphish_billing import (
+    mappings,
+    partner_artifacts,
+    reconciliation,
+    retention,
+    stages,
+    stopping,
+)
 from bullphish_billing.errors import UserError
 from bullphish_billing.extract import ExtractResult
 from bullphish_billing.notable import Findings, NotableChange
@@ -215,6 +222,21 @@ def store_mappings(
     ctx: RunContext, usage_date: dt.date, fetches: list[mappings.MappingFetch]
 ) -> int:
     return stages.store_mappings(ctx, fetches)
+
+
+@task(name="raw-retention", task_run_name="raw-retention-{usage_date}", cache_policy=NO_CACHE)
+def apply_retention(ctx: RunContext, usage_date: dt.date) -> retention.RetentionReport | None:
+    """Drop the target snapshots older than BILLING_RAW_RETENTION_DAYS (retention.py). It
+    fails no billing: a failure is logged, and the next run applies the rule again."""
+    try:
+        report = stages.apply_retention(ctx)
+    except Exception as exc:  # noqa: BLE001 - housekeeping: the run's outcome stands
+        get_run_logger().error(
+            "raw retention not applied (the next run applies it): %s", bounded(str(exc))
+        )
+        return None
+    get_run_logger().info("%s", report.one_line())
+    return report
 
 
 @task(name="publish", task_run_name="publish-{usage_date}", cache_policy=NO_CACHE)

@@ -117,10 +117,17 @@ def _0003_normalized_values_and_stale_targets(con: duckdb.DuckDBPyConnection, ke
         con.execute(f"UPDATE {table} SET {column} = NULL WHERE {unreal}")
 
 
+def _0004_raw_retention(con: duckdb.DuckDBPyConnection, keys: bool) -> None:
+    """Schema version 4 (issue 16 item 3): ops.raw_retention, the record of the target
+    snapshots BILLING_RAW_RETENTION_DAYS dropped (none before this version)."""
+    _create(con, keys, ("ops.raw_retention",))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _0001_initial),
     Migration(2, "reconciliation", _0002_reconciliation),
     Migration(3, "normalized values, stale targets", _0003_normalized_values_and_stale_targets),
+    Migration(4, "raw retention", _0004_raw_retention),
 )
 
 LATEST = MIGRATIONS[-1].version

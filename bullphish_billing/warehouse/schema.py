@@ -526,6 +526,33 @@ TABLES: tuple[Table, ...] = (
         ),
         ("usage_date", "partner_id", "organization_id"),
     ),
+    Table(
+        "ops.raw_retention",
+        "Every target snapshot dropped by BILLING_RAW_RETENTION_DAYS: one row per partner-date "
+        "whose raw.targets rows a run deleted at its end, written in the same transaction as "
+        "the delete (so a crash leaves both or neither). Only raw.targets is dropped: the "
+        "counts (ops.target_fates, metric_explanations), the metrics and every other table "
+        "stay. A partner-date extracted again after its drop (ops.extractions.extracted_at "
+        "later than dropped_at) has a snapshot again, until the next drop.",
+        (
+            USAGE_DATE,
+            PARTNER_ID,
+            _c("targets_dropped", "BIGINT NOT NULL", "raw.targets rows deleted (0: none held)."),
+            _c(
+                "retention_days",
+                "INTEGER NOT NULL",
+                "BILLING_RAW_RETENTION_DAYS of the run that dropped it.",
+            ),
+            _c(
+                "kept_from",
+                "DATE NOT NULL",
+                "The oldest usage date that run kept: yesterday (UTC) - (retention_days - 1).",
+            ),
+            _c("dropped_at", "TIMESTAMPTZ NOT NULL", "When the rows were deleted."),
+            RUN_ID,
+        ),
+        ("usage_date", "partner_id", "dropped_at"),
+    ),
 )
 
 ANALYTICS_MARKER = Table(

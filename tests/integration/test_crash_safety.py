@@ -95,3 +95,80 @@ def test_a_run_killed_at_a_delivery_boundary_is_completed_once_by_the_next_run(
                 "(SELECT run_id FROM ops.runs WHERE finished_at IS NULL)"
             ).fetchall()[0][0]
         assert killed_run_rows == 0  # the killed run claims no outcome, delivered or other
+
+
+def test_a_run_killed_inside_the_raw_retention_loses_nothing_and_the_next_run_drops_it(
+    tmp_path,
+    prefect_api_url,  # noqa: F811
+):
+    """Crash point `in-retention`: the oldest date's target rows deleted and its drop recorded
+    in ops.raw_retention, not committed. The kill leaves both as they were (the snapshot whole,
+    no record), the run's billing stands, and the next run drops the snapshot and records it,
+    the counts behind metric_explanations untouched."""
+    old, day = yesterday_utc() - dt.timedelta(days=5), yesterday_utc() - dt.timedelta(days=4)
+    keep = "5"  # the 5 dates ending yesterday: `day` is the oldest kept, `old` is dropped
+    warehouse = tmp_path / "warehouse.duckdb"
+
+    def facts() -> dict:
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            return {
+                name: con.execute(sql, [old]).fetchall()
+                for name, sql in (
+                    (
+                        "targets",
+                        "SELECT partner_id, count(*) FROM raw.targets WHERE usage_date = ? "
+                        "GROUP BY ALL ORDER BY ALL",
+                    ),
+                    (
+                        "dropped",
+                        "SELECT partner_id, targets_dropped, retention_days FROM "
+                        "ops.raw_retention WHERE usage_date = ? ORDER BY ALL",
+                    ),
+                    (
+                        "fates",
+                        "SELECT partner_id, organization_id, kind, reason, records FROM "
+                        "ops.target_fates WHERE usage_date = ? ORDER BY ALL",
+                    ),
+                    (
+                        "snapshot",
+                        "SELECT DISTINCT target_snapshot FROM metric_explanations "
+                        "WHERE usage_date = ? AND target_snapshot IS NOT NULL",
+                    ),
+                )
+            }
+
+    with RunningSandbox(TWO_BATCHES) as sandbox:
+        env = child_env(sandbox, warehouse, prefect_api_url)
+        first = run_cli(["run", "--date", old.isoformat()], env, tmp_path)
+        assert first.returncode == 1, output(first)  # p_0007 unlinked, p_0008 rejections
+        before = facts()
+        assert before["targets"] and before["fates"] and before["dropped"] == []
+        assert before["snapshot"] == [("kept",)]
+
+        crashed = run_cli(
+            ["run", "--date", day.isoformat()],
+            env | {"BILLING_RAW_RETENTION_DAYS": keep, "BILLING_CRASH_AT": "in-retention"},
+            tmp_path,
+        )
+        assert crashed.returncode == -9, output(crashed)
+        assert "crashpoint: SIGKILL at in-retention" in crashed.stderr
+        assert facts() == before  # neither the delete nor its record
+        for each in (old, day):
+            assert_delivered_exactly_once(sandbox, warehouse, each)
+
+        rerun = run_cli(
+            ["run", "--date", day.isoformat()], env | {"BILLING_RAW_RETENTION_DAYS": keep}, tmp_path
+        )
+        assert rerun.returncode == 1, output(rerun)
+        assert "Traceback" not in output(rerun)
+        after = facts()
+        assert after["targets"] == []
+        assert after["dropped"] == [(p, n, int(keep)) for p, n in before["targets"]]
+        assert after["fates"] == before["fates"] and after["snapshot"] == [("dropped",)]
+        for each in (old, day):
+            assert_delivered_exactly_once(sandbox, warehouse, each)
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            kept = con.execute(
+                "SELECT count(*) FROM raw.targets WHERE usage_date = ?", [day]
+            ).fetchall()[0][0]
+        assert kept > 0  # the date at the cutoff is kept

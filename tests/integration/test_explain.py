@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import shutil
 
 import duckdb
 import pytest
@@ -19,7 +20,7 @@ from flow_runs import billed
 from oracle import expected_billing, expected_exclusions
 from sandbox_env import child_env, run_cli, sandbox_env
 
-from bullphish_billing import cli
+from bullphish_billing import cli, lease, retention
 from bullphish_billing.dates import today_utc
 from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
 
@@ -359,3 +360,63 @@ def test_stale_users_are_shown_and_billed_all_the_same(warehouse, capsys, monkey
         assert m["units"] == expected[DAY].for_partner(pid)[(oid, m["billing_type"])]
     code, out, _ = explain(capsys, monkeypatch, path, "--date", str(DAY), "--partner", pid)
     assert code == 0 and "active users not updated in 180 days" in out
+
+
+def test_a_dropped_target_snapshot_is_said_and_its_counts_stay(warehouse, tmp_path):
+    """Raw retention (issue 16 item 3) on a copy of the module's warehouse, keeping DAY alone:
+    EARLIER's target snapshot is dropped, `explain --targets` says so in one line (when, by
+    which setting) instead of listing no ids, and every count of EARLIER stays as it was; the
+    view and the JSON say which snapshot is kept and which dropped."""
+    path, _, expected, sandbox = warehouse
+    copy = tmp_path / "warehouse.duckdb"
+    shutil.copyfile(path, copy)
+    env = child_env(sandbox, copy)
+    pid = billed_partners(expected[EARLIER])[0]
+
+    def explained(day: dt.date, *more: str) -> tuple[str, dict]:
+        args = ["explain", "--date", str(day), "--partner", pid, "--targets", *more]
+        text, doc = run_cli(args, env, tmp_path), run_cli([*args, "--json"], env, tmp_path)
+        assert text.returncode == 0 and doc.returncode == 0, text.stderr + doc.stderr
+        return text.stdout, json.loads(doc.stdout)
+
+    def counts(doc: dict) -> list:
+        return [
+            (m["organization_id"], m["billing_type"], m["units"], r["kind"], r["records"])
+            for m in doc["metrics"]
+            for r in m["reasons"]
+        ] + [(r["organization_id"], r["kind"], r["records"]) for r in doc["not_billed"]]
+
+    before_text, before = explained(EARLIER)
+    assert before["target_snapshot"]["state"] == "kept"
+    assert any(r.get("target_ids") for m in before["metrics"] for r in m["reasons"])
+    assert "dropped" not in before_text
+    with duckdb.connect(str(copy)) as con, lease.run_leases(copy, "retention-test") as leases:
+        report = retention.apply(
+            con, yesterday=DAY, retention_days=1, run_id="retention-test", leases=leases
+        )
+        assert report.kept_from == DAY and set(report.dropped) == {EARLIER} and report.rows > 0
+
+    text, doc = explained(EARLIER)
+    snapshot = doc["target_snapshot"]
+    assert snapshot["state"] == "dropped" and snapshot["retention_days"] == 1
+    dropped_on = snapshot["dropped_at"][:10]
+    said = [line for line in text.splitlines() if "dropped" in line]
+    assert said == [
+        f"targets: no ids to list: the target snapshot of {EARLIER} was dropped on {dropped_on} "
+        "by BILLING_RAW_RETENTION_DAYS=1 (the counts below stay)"
+    ]
+    # no list of ids, not even an empty one
+    assert not [line for line in text.splitlines() if line.startswith("  targets, ")]
+    assert not any("target_ids" in r for m in doc["metrics"] for r in m["reasons"])
+    assert counts(doc) == counts(before) and counts(doc)
+    # DAY, at the cutoff, keeps its snapshot and lists its ids
+    day_text, day_doc = explained(DAY)
+    assert day_doc["target_snapshot"]["state"] == "kept"
+    assert [line for line in day_text.splitlines() if line.startswith("  targets, ")]
+    with duckdb.connect(str(copy), read_only=True) as con:
+        states = con.execute(
+            "SELECT usage_date, target_snapshot, count(*) FROM metric_explanations "
+            "WHERE partner_id = ? GROUP BY ALL ORDER BY ALL",
+            [pid],
+        ).fetchall()
+    assert [(d, s) for d, s, _ in states] == [(EARLIER, "dropped"), (DAY, "kept")]

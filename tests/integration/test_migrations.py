@@ -121,14 +121,17 @@ def test_a_daily_run_over_the_upgraded_warehouse_works(
 
     sandbox_config = {k: v for k, v in MANIFEST["sandbox"].items() if k != "today"}
     day = yesterday_utc()
+    old_days = [dt.date.fromisoformat(d) for d in MANIFEST["usage_dates"]]
+    # a retention that keeps the dates after the fixture's: its target snapshots are dropped
+    # (recorded in ops.raw_retention, of migration 4), everything else of them stays
+    keep = (day - max(old_days)).days
     with RunningSandbox(SandboxConfig(**sandbox_config)) as sandbox:
-        configure(sandbox, BILLING_WAREHOUSE=old_warehouse)
+        configure(sandbox, BILLING_WAREHOUSE=old_warehouse, BILLING_RAW_RETENTION_DAYS=keep)
         monkeypatch.setenv("BILLING_ANALYTICS_FILE", str(tmp_path / "analytics.duckdb"))
         summary = billed(usage_date=day)
     statuses = {o.partner_id: o.status for o in summary.outcomes}
     assert statuses["p_0002"] == "delivered", statuses
     with duckdb.connect(str(old_warehouse), read_only=True) as con:
-        old_days = [dt.date.fromisoformat(d) for d in MANIFEST["usage_dates"]]
         old = con.execute(
             "SELECT count(*) FROM billing_metrics WHERE list_contains(?, usage_date)", [old_days]
         ).fetchall()[0][0]
@@ -145,6 +148,28 @@ def test_a_daily_run_over_the_upgraded_warehouse_works(
             [day],
         ).fetchall()[0][0]
         assert changes > 0
+        # the fixture's target snapshots dropped and recorded, each partner-date it extracted
+        assert con.execute(
+            "SELECT count(*) FROM raw.targets WHERE list_contains(?, usage_date)", [old_days]
+        ).fetchall() == [(0,)]
+        dropped = con.execute(
+            "SELECT count(*), sum(targets_dropped), min(retention_days), max(retention_days) "
+            "FROM ops.raw_retention"
+        ).fetchall()[0]
+        assert dropped == (
+            MANIFEST["tables"]["ops.extractions"]["rows"],
+            MANIFEST["tables"]["raw.targets"]["rows"],
+            keep,
+            keep,
+        )
+        assert con.execute(
+            "SELECT count(*) FROM raw.targets WHERE usage_date = ?", [day]
+        ).fetchall()[0][0]
+        for table in ("raw.organizations", "raw.partners"):
+            rows = con.execute(
+                f"SELECT count(*) FROM {table} WHERE list_contains(?, usage_date)", [old_days]
+            ).fetchall()[0][0]
+            assert rows == MANIFEST["tables"][table]["rows"], table
     with duckdb.connect(str(tmp_path / "analytics.duckdb"), read_only=True) as published:
         for view in VIEWS:
             published.execute(f"FROM {view.name}").fetchall()

@@ -49,6 +49,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bullphish_billing.notable",
             "bullphish_billing.stale_targets",
             "bullphish_billing.target_fates",
+            "bullphish_billing.retention",
             "bullphish_billing.publish",
             "bullphish_billing.outcomes",
             "bullphish_billing.reporting",

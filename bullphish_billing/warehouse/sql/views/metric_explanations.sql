@@ -154,50 +154,76 @@ without_metric AS (
             ELSE 'the partner-date failed: nothing computed or sent by that run'
         END AS rule
     FROM (SELECT * FROM unbilled_rows UNION ALL SELECT * FROM partner_rows)
+),
+
+target_snapshots AS (
+    -- whether each partner-date's target snapshot (raw.targets, which the analysts' file does
+    -- not hold) is kept, or was dropped by BILLING_RAW_RETENTION_DAYS after its latest extract
+    -- (ops.raw_retention); the counts above stay either way
+    SELECT e.usage_date, e.partner_id, max(r.dropped_at) AS targets_dropped_at
+    FROM ops.extractions AS e
+    LEFT JOIN ops.raw_retention AS r
+           ON r.usage_date = e.usage_date AND r.partner_id = e.partner_id
+          AND r.dropped_at > e.extracted_at
+    GROUP BY ALL
+),
+
+explained AS (
+    SELECT
+        -- ids
+        usage_date,
+        partner_id,
+        organization_id,
+        billing_type,
+        -- the metric and the rule that made it
+        subscription_type,
+        units,
+        enabled AS module_enabled,
+        rule,
+        -- the reason and its records
+        kind,
+        reason,
+        counted,
+        records,
+        -- against the partner's previous reported day
+        previous_usage_date,
+        previous_units,
+        change
+    FROM metric_rows
+    UNION ALL BY NAME
+    SELECT
+        usage_date,
+        partner_id,
+        organization_id,
+        NULL::VARCHAR AS billing_type,
+        NULL::VARCHAR AS subscription_type,
+        NULL::BIGINT AS units,
+        NULL::BOOLEAN AS module_enabled,
+        rule,
+        kind,
+        reason,
+        false AS counted,
+        records,
+        NULL::DATE AS previous_usage_date,
+        NULL::BIGINT AS previous_units,
+        NULL::BIGINT AS change
+    FROM without_metric
 )
 
 SELECT
-    -- ids
-    usage_date,
-    partner_id,
-    organization_id,
-    billing_type,
-    -- the metric and the rule that made it
-    subscription_type,
-    units,
-    enabled AS module_enabled,
-    rule,
-    -- the reason and its records
-    kind,
-    reason,
-    counted,
-    records,
-    -- against the partner's previous reported day
-    previous_usage_date,
-    previous_units,
-    change
-FROM metric_rows
-UNION ALL BY NAME
-SELECT
-    usage_date,
-    partner_id,
-    organization_id,
-    NULL::VARCHAR AS billing_type,
-    NULL::VARCHAR AS subscription_type,
-    NULL::BIGINT AS units,
-    NULL::BOOLEAN AS module_enabled,
-    rule,
-    kind,
-    reason,
-    false AS counted,
-    records,
-    NULL::DATE AS previous_usage_date,
-    NULL::BIGINT AS previous_units,
-    NULL::BIGINT AS change
-FROM without_metric;
+    x.*,
+    -- the partner-date's target snapshot, for `explain --targets`
+    CASE
+        WHEN s.partner_id IS NULL THEN NULL
+        WHEN s.targets_dropped_at IS NULL THEN 'kept'
+        ELSE 'dropped'
+    END AS target_snapshot,
+    s.targets_dropped_at
+FROM explained AS x
+LEFT JOIN target_snapshots AS s USING (usage_date, partner_id);
 
 -- The view's documentation (`COMMENT ON`), one line per column.
-COMMENT ON VIEW main.metric_explanations IS 'Why each billed number is what it is (docs/billing-rules.md rules 2-7), one row per metric and reason. Per metric (billing_type set): a row with the module switch and the rule that produced the units, then the organization''s target records by kind: active (counted = true when they are the units), inactive, exact duplicate collapsed, conflicting duplicate; for a per_user metric the records of these rows add up to the organization''s target records received that passed validation. Per partner-date, rows without a metric (billing_type NULL): organizations held or archived (with their target records), targets naming an unknown organization, records quarantined at validation (organization_id NULL: a bad record''s organization is not known), and a partner-date skipped, held or failed by its latest run. Counts only (`bullphish-billing explain --targets` lists the target ids, from the warehouse); computed by each run from its snapshot (ops.target_fates), so it answers in the analysts'' file too. No personal data.';
+COMMENT ON VIEW main.metric_explanations IS 'Why each billed number is what it is (docs/billing-rules.md rules 2-7), one row per metric and reason. Per metric (billing_type set): a row with the module switch and the rule that produced the units, then the organization''s target records by kind: active (counted = true when they are the units), inactive, exact duplicate collapsed, conflicting duplicate; for a per_user metric the records of these rows add up to the organization''s target records received that passed validation. Per partner-date, rows without a metric (billing_type NULL): organizations held or archived (with their target records), targets naming an unknown organization, records quarantined at validation (organization_id NULL: a bad record''s organization is not known), and a partner-date skipped, held or failed by its latest run. Counts only (`bullphish-billing explain --targets` lists the target ids, from the warehouse''s snapshot while it is kept: target_snapshot); computed by each run from its snapshot (ops.target_fates), so it answers in the analysts'' file too. No personal data.';
 COMMENT ON COLUMN main.metric_explanations.usage_date IS 'The usage date.';
 COMMENT ON COLUMN main.metric_explanations.partner_id IS 'BullPhish ID partner (MSP) id.';
 COMMENT ON COLUMN main.metric_explanations.organization_id IS 'The organization (for unknown organization: the id the targets named); NULL for a partner-date row or records quarantined at validation.';
@@ -213,3 +239,5 @@ COMMENT ON COLUMN main.metric_explanations.records IS 'Target records of this ki
 COMMENT ON COLUMN main.metric_explanations.previous_usage_date IS 'The partner''s previous reported usage date (billing_changes), for metric rows.';
 COMMENT ON COLUMN main.metric_explanations.previous_units IS 'The metric''s units on previous_usage_date; NULL when it was not reported then.';
 COMMENT ON COLUMN main.metric_explanations.change IS 'units - previous_units, a missing side counted as 0.';
+COMMENT ON COLUMN main.metric_explanations.target_snapshot IS 'The partner-date''s target snapshot (raw.targets, the ids `explain --targets` lists): kept, or dropped by BILLING_RAW_RETENTION_DAYS (ops.raw_retention; the counts of this view stay); NULL when the partner-date was never extracted (skipped, or failed before its extract).';
+COMMENT ON COLUMN main.metric_explanations.targets_dropped_at IS 'When the target snapshot was dropped (ops.raw_retention.dropped_at); NULL while it is kept.';
