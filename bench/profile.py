@@ -131,9 +131,7 @@ def summarize(raw: Path, top: int = 25) -> str:
             lines.append(f"  {n / total:6.1%} {n:7d}  {key}")
         return lines
 
-    out = [
-        f"{total} samples on CPU; {waiting} more left out as waiting (GIL, locks, I/O, timers)"
-    ]
+    out = [f"{total} samples on CPU; {waiting} more left out as waiting (GIL, locks, I/O, timers)"]
     out += table("self, by library (innermost frame of a known library):", self_lib)
     out += table("cumulative, by library (any frame):", cumulative)
     out += table(f"self, top {top} functions:", self_fn, top)
