@@ -140,7 +140,7 @@ def _validate(entity: Entity, batch: _Batch) -> list[tuple[Snapshot, ValidatedBa
                     (
                         owner,
                         ValidatedBatch(
-                            rows=rows.filter(pa.array(mine_rows)),
+                            rows=rows if mine_rows.all() else rows.filter(pa.array(mine_rows)),
                             # pandas' indexing of an empty frame costs a millisecond: shared
                             bad=bad[mine_bad].reset_index(drop=True) if len(bad) else bad,
                             normalized=fixed[mine_fixed].reset_index(drop=True)

@@ -418,7 +418,9 @@ def _validate_fast(
     if expected_partner_id is not None and "partner_id" in frame:
         _other_partner(frame["partner_id"], expected_partner_id, reasons)
     is_bad = _bad_mask(len(frame), reasons)
-    good = table.filter(pyarrow.array(~is_bad)).select(list(entity.loaded))
+    good = table.select(list(entity.loaded))
+    if reasons:  # filtering with a mask of all True would copy every column
+        good = good.filter(pyarrow.array(~is_bad))
     return _split(entity, good, frame["id"], pages, reasons, is_bad)
 
 
