@@ -64,6 +64,21 @@ _WAITS = frozenset(
         "futex_wait",
     )
 )
+# (activity, what a frame contains): the innermost frame that matches one of these decides;
+# a sample none of them matches is the extract stage's when it runs under it (its event loop,
+# batching), else Prefect's when a Prefect frame is on its stack
+_ACTIVITIES = (
+    ("decode pages (Arrow's JSON reader; orjson)", ("ArrowPageDecoder", "decode_json")),
+    ("validate (pandera, Arrow compute)", ("validate_table", "validate_records", "_validate (")),
+    ("write raw snapshots (DuckDB)", ("write_snapshots", "replace_partners")),
+    ("HTTP (httpx, asyncio)", ("send_with_retries", "/httpx/", "/httpcore/", "/anyio/", "/h11/")),
+    (
+        "evaluate, notable changes, fates (DuckDB)",
+        ("billing_rules", "target_fates", "stale_targets", "notable"),
+    ),
+    ("deliver, reconcile, report (KaseyaOne, DuckDB)", ("delivery", "kaseyaone", "reconcil")),
+    ("imports", ("importlib",)),
+)
 _FRAME = re.compile(r"^(?P<name>.*) \((?P<where>[^()]*)\)$")
 
 
@@ -94,12 +109,26 @@ def _short(frame: str) -> str:
     return f"{name[:80]} ({where})"
 
 
-def summarize(raw: Path, top: int = 25) -> str:
-    """Tables of a `py-spy record --format raw` file (one line: frames;... count)."""
+def _activity(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for name, marks in _ACTIVITIES:
+            if any(m in frame for m in marks):
+                return name
+    if any("bullphish_billing/extract.py" in f or "extract (" in f for f in frames):
+        return "extract: event loop, batching"
+    if any("/prefect/" in f for f in frames):
+        return "Prefect (engine, API client, events)"
+    return "other (idle pool threads woken, interpreter)"
+
+
+def summarize(raw: Path, top: int = 25, cpu_seconds: float | None = None) -> str:
+    """Tables of a `py-spy record --format raw` file (one line: frames;... count); with the
+    run's `cpu_seconds`, the activities' shares also as seconds."""
     self_lib: collections.Counter[str] = collections.Counter()
     cumulative: collections.Counter[str] = collections.Counter()
     self_fn: collections.Counter[str] = collections.Counter()
     under_ours: collections.Counter[str] = collections.Counter()
+    activity: collections.Counter[str] = collections.Counter()
     total = waiting = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -124,6 +153,7 @@ def summarize(raw: Path, top: int = 25) -> str:
             None,
         )
         under_ours[_short(ours) if ours else "(none of our frames)"] += n
+        activity[_activity(frames)] += n
 
     def table(title: str, counts: collections.Counter[str], limit: int | None = None) -> list[str]:
         lines = [title]
@@ -132,6 +162,10 @@ def summarize(raw: Path, top: int = 25) -> str:
         return lines
 
     out = [f"{total} samples on CPU; {waiting} more left out as waiting (GIL, locks, I/O, timers)"]
+    out.append("by activity (the innermost frame that tells):")
+    for key, n in activity.most_common():
+        seconds = f"{n / total * cpu_seconds:6.1f} s" if cpu_seconds else ""
+        out.append(f"  {n / total:6.1%} {seconds}  {key}")
     out += table("self, by library (innermost frame of a known library):", self_lib)
     out += table("cumulative, by library (any frame):", cumulative)
     out += table(f"self, top {top} functions:", self_fn, top)
@@ -186,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 spy = [py_spy, "record", "--full-filenames", "--format", "raw"]
                 spy.append("--native" if args.native else "--nonblocking")
                 runs.append(("profiled", [*spy, "--rate", rate, "-o", str(raw), "--"]))
+            cpu = None
             for label, prefix in runs:
                 run_dir = work / label.replace(" ", "-")
                 run_dir.mkdir()
@@ -197,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"the floor's), peak RSS {result['peak_rss_mb']:.0f} MB, records "
                     f"{result['records']}, metrics {result['metrics']}, exit {result['exit_code']}"
                 )
+                cpu = result["cpu_seconds"]
             if py_spy:
-                print(summarize(raw))
+                print(summarize(raw, cpu_seconds=cpu))
         finally:
             sandbox.close()
     finally:
