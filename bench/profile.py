@@ -232,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"the floor's), peak RSS {result['peak_rss_mb']:.0f} MB, records "
                     f"{result['records']}, metrics {result['metrics']}, exit {result['exit_code']}"
                 )
+                by_thread = ", ".join(f"{k} {v:.1f}" for k, v in result["cpu_by_thread"].items())
+                print(f"  CPU s by thread: {by_thread}")
                 cpu = result["cpu_seconds"]
             if py_spy:
                 print(summarize(raw, cpu_seconds=cpu))
