@@ -11,6 +11,7 @@ import sys
 import time
 
 from bench.cpu import own_cpu_seconds
+from bench.threads import ThreadCpu
 
 
 def main() -> None:
@@ -22,7 +23,9 @@ def main() -> None:
 
     imported = time.perf_counter()
     cpu_before = own_cpu_seconds()
+    threads = ThreadCpu()
     state = daily_billing(usage_date=dt.date.fromisoformat(day), return_state=True)
+    threads.stop()
     summary = state.result(raise_on_failure=False)  # Failed too when it had problems
     end = time.perf_counter()
     cpu = own_cpu_seconds() - cpu_before
@@ -34,6 +37,7 @@ def main() -> None:
                 "import_seconds": imported - start,
                 "flow_seconds": end - imported,
                 "cpu_seconds": cpu,
+                "cpu_by_thread": threads.by_group(),
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "metrics": sum(o.metrics_computed for o in summary.outcomes),
                 "records": sum(o.records_received for o in summary.outcomes),

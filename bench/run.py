@@ -177,15 +177,22 @@ def _flow_run_seconds(api_url: str, flow_run_id: str) -> float:
 
 
 def run_flow(
-    sandbox: Sandbox, api_url: str, home: Path, work: Path, day: dt.date, server_pid: int
+    sandbox: Sandbox,
+    api_url: str,
+    home: Path,
+    work: Path,
+    day: dt.date,
+    server_pid: int,
+    prefix: list[str] | None = None,
 ) -> dict:
+    """The flow in a child process (`prefix`: a command that runs it, e.g. a profiler)."""
     warehouse = work / f"warehouse-{sandbox.bullphish_port}.duckdb"
     out = work / f"flow-{sandbox.bullphish_port}.json"
     cpu_before = sandbox.cpu()
     server_before = cpu_seconds(server_pid)
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "bench.flow_child", day.isoformat(), str(out)],
+        [*(prefix or []), sys.executable, "-m", "bench.flow_child", day.isoformat(), str(out)],
         env=_env(sandbox, api_url, home, warehouse),
         check=True,
         stdin=subprocess.DEVNULL,

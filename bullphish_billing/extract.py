@@ -135,15 +135,17 @@ def _validate(entity: Entity, batch: _Batch) -> list[tuple[Snapshot, ValidatedBa
             mine_rows = owner_of_page[rows_page] == id(owner)
             mine_bad = owner_of_page[bad_page] == id(owner)
             if mine_rows.any() or mine_bad.any():
+                mine_fixed = owner_of_page[fixed_page] == id(owner)
                 out.append(
                     (
                         owner,
                         ValidatedBatch(
-                            rows=rows.filter(pa.array(mine_rows)),
-                            bad=bad[mine_bad].reset_index(drop=True),
-                            normalized=fixed[owner_of_page[fixed_page] == id(owner)].reset_index(
-                                drop=True
-                            ),
+                            rows=rows if mine_rows.all() else rows.filter(pa.array(mine_rows)),
+                            # pandas' indexing of an empty frame costs a millisecond: shared
+                            bad=bad[mine_bad].reset_index(drop=True) if len(bad) else bad,
+                            normalized=fixed[mine_fixed].reset_index(drop=True)
+                            if len(fixed)
+                            else fixed,
                         ),
                     )
                 )

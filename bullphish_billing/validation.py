@@ -418,7 +418,9 @@ def _validate_fast(
     if expected_partner_id is not None and "partner_id" in frame:
         _other_partner(frame["partner_id"], expected_partner_id, reasons)
     is_bad = _bad_mask(len(frame), reasons)
-    good = table.filter(pyarrow.array(~is_bad)).select(list(entity.loaded))
+    good = table.select(list(entity.loaded))
+    if reasons:  # filtering with a mask of all True would copy every column
+        good = good.filter(pyarrow.array(~is_bad))
     return _split(entity, good, frame["id"], pages, reasons, is_bad)
 
 
@@ -465,7 +467,12 @@ def _split(
 ) -> ValidatedBatch:
     """The batch's good rows with their positions (date-times that name no real day made
     null), its quarantine rows, and the rows saying what was made null."""
-    good, normalized = _normalize_dates(entity, good, ids.to_numpy(dtype=object)[~is_bad])
+    good_index = np.flatnonzero(~is_bad)
+    # record ids as Python objects only for the rows that need one (bad or normalized rows,
+    # usually none): converting a whole batch's ids costs more than validating them
+    good, normalized = _normalize_dates(
+        entity, good, lambda rows: ids.iloc[good_index[rows]].to_numpy(dtype=object)
+    )
     good = good.append_column("page_no", pyarrow.array(pages[~is_bad, 0]))
     good = good.append_column("page_row", pyarrow.array(pages[~is_bad, 1]))
     if len(normalized):
@@ -473,7 +480,7 @@ def _split(
         normalized.insert(1, "page_no", pages[~is_bad, 0][at])
         normalized.insert(2, "page_row", pages[~is_bad, 1][at])
     bad_index = np.flatnonzero(is_bad)
-    bad_ids = pd.Series(ids.to_numpy(dtype=object)[bad_index], dtype="string")
+    bad_ids = pd.Series(ids.iloc[bad_index].to_numpy(dtype=object), dtype="string")
     well_formed = bad_ids.str.fullmatch(entity.id_pattern).fillna(False).astype(bool)
     bad = pd.DataFrame(
         {
@@ -487,11 +494,11 @@ def _split(
 
 
 def _normalize_dates(
-    entity: Entity, good: pyarrow.Table, ids: np.ndarray
+    entity: Entity, good: pyarrow.Table, ids: Callable[[np.ndarray], np.ndarray]
 ) -> tuple[pyarrow.Table, pd.DataFrame]:
     """`good` with every loaded date-time before EARLIEST_REAL_DATE made null, and a row per
-    value made null: (record_id, row (its index in `good`), reason). Cheap when there are none:
-    one comparison per date-time column."""
+    value made null: (record_id (`ids` of the rows' indexes in `good`), row (its index in
+    `good`), reason). Cheap when there are none: one comparison per date-time column."""
     found: list[pd.DataFrame] = []
     for f in entity.fields:
         if f.kind != "datetime" or not f.loaded or not good.num_rows:
@@ -509,7 +516,7 @@ def _normalize_dates(
         found.append(
             pd.DataFrame(
                 {
-                    "record_id": ids[rows],
+                    "record_id": ids(rows),
                     "row": rows,
                     "reason": f"{f.column}: before year 1, not a real date-time; stored as null",
                 }

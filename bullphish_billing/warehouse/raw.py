@@ -104,7 +104,7 @@ def _append(
     """Append the snapshots' rows and quarantine of one entity, one statement each."""
     batches = [(s.partner_id, batch) for s in snapshots for batch in s.batches[entity]]
     rows = [
-        b.rows.append_column("partner_id", pa.array([p] * b.rows.num_rows, pa.string()))
+        b.rows.append_column("partner_id", pa.repeat(pa.scalar(p, pa.string()), b.rows.num_rows))
         for p, b in batches
         if b.rows.num_rows
     ]
