@@ -606,6 +606,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, help="JSON file (default bench/results/<scale>-<time>.json)"
     )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the work directory (warehouses, analysts' files, logs) to look into after",
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bpb-bench-"))
     try:
@@ -618,7 +623,10 @@ def main(argv: list[str] | None = None) -> int:
             args.backfill_days,
         )
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"work directory kept: {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     out = args.out or Path("bench/results") / (
         f"{args.scale}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
     )
