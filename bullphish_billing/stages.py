@@ -396,12 +396,14 @@ def _still_pending(ctx: RunContext, con) -> int:
     )
 
 
-def publish_analytics(ctx: RunContext) -> publish.PublishResult | None:
+def publish_analytics(ctx: RunContext, *, own_run: bool = True) -> publish.PublishResult | None:
     """Publish the analysts' file after a run that started (None if it never did: a
-    configuration or input error before any work)."""
+    configuration or input error before any work). A backfill, whose dates are runs of their
+    own, passes `own_run=False` after some of them started."""
     if not ctx.settings.warehouse.exists():
         return None
     with ctx.warehouse() as con:
-        if not fetch_value(con, "SELECT count(*) FROM ops.runs WHERE run_id = ?", [ctx.run_id]):
+        started = fetch_value(con, "SELECT count(*) FROM ops.runs WHERE run_id = ?", [ctx.run_id])
+        if own_run and not started:
             return None
         return publish.publish(con, ctx.settings.analytics_path)

@@ -23,10 +23,20 @@ from bullphish_billing import backfill as rules
 from bullphish_billing import backfill_runner as runner
 from bullphish_billing import lease
 from bullphish_billing.errors import UserError
-from bullphish_billing.results import BackfillSummary, DateResult, DateStatus, RunSummary
+from bullphish_billing.results import (
+    BackfillSummary,
+    DateResult,
+    DateStatus,
+    PartnerStatus,
+    RunSummary,
+)
 from bullphish_billing.run_context import RunContext
 from bullphish_billing.settings import load_settings
-from flows.daily_billing import daily_billing
+from flows.daily_billing import daily_billing, tidy_up
+from tasks import billing
+
+EVALUATED = frozenset({PartnerStatus.DELIVERED, PartnerStatus.PARTIAL, PartnerStatus.FAILED})
+"""The partner statuses whose date may have evaluated the partner: its mappings are fetched."""
 
 
 @flow(name="backfill", flow_run_name="backfill-{start}-{end}", log_prints=False)
@@ -41,7 +51,10 @@ def backfill(
     """Bill every usage date from `start` to `end` (inclusive) with the daily flow, oldest
     first, at most `concurrency` dates at a time. Dates an earlier run delivered are not
     billed again unless `force` (which also re-sends unchanged numbers). Configuration comes
-    from the environment, as for the daily flow."""
+    from the environment, as for the daily flow.
+
+    The dates' runs skip the daily flow's housekeeping (organization mappings, raw retention,
+    the analysts' file): the backfill does it once, after its last date."""
     log = get_run_logger()
     try:
         settings = load_settings()
@@ -76,6 +89,7 @@ def backfill(
     if watcher is not None:
         watcher.started(len(days), len(done))
     lock = threading.Lock()
+    billed: set[str] = set()  # the partners some date evaluated: their mappings, at the end
 
     def finished(result: DateResult, count: int) -> None:
         with lock:
@@ -92,14 +106,27 @@ def backfill(
             dry_run=dry_run,
             force=force,
             reconcile_earlier=False,  # each date reconciles itself: no window per date
+            housekeeping=False,  # once, at the end
             return_state=True,
         )
         data = state.result(raise_on_failure=False)
         if isinstance(data, RunSummary):  # Completed, or Failed with problems: it finished
+            with lock:
+                billed.update(o.partner_id for o in data.outcomes if o.status in EVALUATED)
             return DateResult.from_summary(data)
         return DateResult.failure(day, data if isinstance(data, Exception) else state.message)
 
-    ran = runner.run_dates(todo, bill, concurrency, on_result=finished)
+    try:
+        ran = runner.run_dates(todo, bill, concurrency, on_result=finished)
+        if ran and not dry_run:
+            try:
+                tidy_up(ctx, end, sorted(billed), lease.DEFAULT_WAIT_S)
+            except UserError as exc:  # another run holds the mappings: its run stores them
+                log.warning("housekeeping after the backfill not done: %s", exc)
+    finally:
+        ctx.leases.release_all()
+        if todo:  # after any date that ran, however the backfill ended
+            billing.publish(ctx, end, own_run=False, return_state=True)
     by_day = {r.usage_date: r for r in ran} | {d: DateResult.done_before(d) for d in done}
     summary = BackfillSummary(start, end, dry_run, force, [by_day[d] for d in days])
     create_table_artifact(

@@ -45,6 +45,7 @@ def daily_billing(
     force: bool = False,
     lease_wait_s: float = lease.DEFAULT_WAIT_S,
     reconcile_earlier: bool = True,
+    housekeeping: bool = True,
 ) -> RunSummary | State:
     """Bill one usage date (default: yesterday, UTC): extract, validate, aggregate, deliver.
 
@@ -61,7 +62,10 @@ def daily_billing(
     `reconcile_earlier` is off (a backfill reconciles each date it bills, without the window),
     the day before and the date BILLING_RECONCILE_DAYS before it, repairing the differences of
     that window (`stages.reconcile_schedule`). Last, unless it is a dry run, it drops the target
-    snapshots older than BILLING_RAW_RETENTION_DAYS (`retention.py`).
+    snapshots older than BILLING_RAW_RETENTION_DAYS (`retention.py`) and publishes the
+    analysts' file. Those last steps, with the organization mappings, are its housekeeping: a
+    backfill turns `housekeeping` off for its dates and does it once, at its end (per date,
+    it cost a backfill more with every date already billed).
     """
     day = usage_date or yesterday_utc()
     run_id = str(flow_run.get_id() or uuid.uuid4())
@@ -73,7 +77,15 @@ def daily_billing(
             ctx = RunContext.start(settings, run_id, leases)
             return _ended(
                 _bill(
-                    ctx, day, partner_ids, dry_run, force, lease_wait_s, reports, reconcile_earlier
+                    ctx,
+                    day,
+                    partner_ids,
+                    dry_run,
+                    force,
+                    lease_wait_s,
+                    reports,
+                    reconcile_earlier,
+                    housekeeping,
                 )
             )
     except UserError as exc:
@@ -88,7 +100,8 @@ def daily_billing(
         return Failed(message=str(exc), data=exc)
     finally:
         # the analysts' file, after every run that started, however it ended
-        billing.publish(ctx, day, return_state=True)
+        if housekeeping:
+            billing.publish(ctx, day, return_state=True)
         wait(reports)  # the per-partner report tasks and their artifacts, run meanwhile
 
 
@@ -109,6 +122,7 @@ def _bill(
     lease_wait_s: float,
     reports: list[PrefectFuture[None]],
     reconcile_earlier: bool = True,
+    housekeeping: bool = True,
 ) -> RunSummary:
     """The run after its leases are taken. The per-partner report tasks it starts are added
     to `reports` for the caller to wait for (after publishing: the two overlap)."""
@@ -202,14 +216,21 @@ def _bill(
         unmapped(changes),
         unmapped(reconciled.partners_to_look_at() if reconciled else frozenset()),
     )
-    # the organization mappings only inform analysts: they come last, and not once stopping
-    if not dry_run and not stopping.stopping():
-        fetched = billing.fetch_mappings(ctx, day, computed)
-        with leases.holding(lease.organization_mappings(), wait_s=lease_wait_s):
-            billing.store_mappings(ctx, day, fetched)  # shared by every date
-    # last, housekeeping: the target snapshots older than BILLING_RAW_RETENTION_DAYS (a dry run
-    # deletes nothing: the snapshot it extracted is there to be looked at)
-    if not dry_run and not stopping.stopping():
-        billing.apply_retention(ctx, day)
+    if housekeeping and not dry_run:
+        tidy_up(ctx, day, computed, lease_wait_s)
     log.info("%s", summary.one_line())
     return summary
+
+
+def tidy_up(ctx: RunContext, day: dt.date, partner_ids: list[str], lease_wait_s: float) -> None:
+    """After billing, not once stopping: the partners' organization mappings (they only
+    inform analysts, and are KaseyaOne's current state, shared by every date), then the
+    target snapshots older than BILLING_RAW_RETENTION_DAYS. Never in a dry run (the snapshot
+    it extracted is there to be looked at)."""
+    if stopping.stopping():
+        return
+    fetched = billing.fetch_mappings(ctx, day, partner_ids)
+    with ctx.leases.holding(lease.organization_mappings(), wait_s=lease_wait_s):
+        billing.store_mappings(ctx, day, fetched)
+    if not stopping.stopping():
+        billing.apply_retention(ctx, day)

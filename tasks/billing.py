@@ -240,14 +240,17 @@ def apply_retention(ctx: RunContext, usage_date: dt.date) -> retention.Retention
 
 
 @task(name="publish", task_run_name="publish-{usage_date}", cache_policy=NO_CACHE)
-def publish(ctx: RunContext | None, usage_date: dt.date) -> PublishResult | None:
+def publish(
+    ctx: RunContext | None, usage_date: dt.date, own_run: bool = True
+) -> PublishResult | None:
     """Publish the analysts' file. The flow calls this after any end of a run, even one whose
-    settings could not be read (no context then: nothing to publish)."""
+    settings could not be read (no context then: nothing to publish); a backfill once at its
+    end (`own_run=False`: its dates are runs of their own)."""
     if ctx is None:
         return None
     settings = ctx.settings
     try:
-        result = stages.publish_analytics(ctx)
+        result = stages.publish_analytics(ctx, own_run=own_run)
     except (PublishError, WarehouseError, OSError, duckdb.Error) as exc:  # the outcome stands
         get_run_logger().error(
             "the analysts' file %s was not published (the run's outcome stands): %s",
