@@ -171,9 +171,36 @@ def _flow_run_seconds(api_url: str, flow_run_id: str) -> float:
     caller's wall time is this rounded up to about the next whole second)."""
     response = httpx.get(f"{api_url}/flow_runs/{flow_run_id}", timeout=30)
     response.raise_for_status()
-    run = response.json()
-    start = dt.datetime.fromisoformat(run["start_time"])
-    return (dt.datetime.fromisoformat(run["end_time"]) - start).total_seconds()
+    return _recorded_seconds(response.json())
+
+
+def _run_child(
+    sandbox: Sandbox,
+    api_url: str,
+    home: Path,
+    warehouse: Path,
+    server_pid: int,
+    command: list[str],
+    out: Path,
+) -> dict:
+    """A flow in a child process that writes its own figures to `out`, with the wall time and
+    the CPU the sandbox and the Prefect server spent meanwhile."""
+    cpu_before = sandbox.cpu()
+    server_before = cpu_seconds(server_pid)
+    start = time.perf_counter()
+    subprocess.run(
+        command,
+        env=_env(sandbox, api_url, home, warehouse),
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    wall = time.perf_counter() - start
+    result = json.loads(out.read_text())
+    result["wall_seconds"] = wall
+    result["sandbox_cpu_seconds"] = sandbox.cpu() - cpu_before
+    result["prefect_server_cpu_seconds"] = cpu_seconds(server_pid) - server_before
+    return result
 
 
 def run_flow(
@@ -188,21 +215,8 @@ def run_flow(
     """The flow in a child process (`prefix`: a command that runs it, e.g. a profiler)."""
     warehouse = work / f"warehouse-{sandbox.bullphish_port}.duckdb"
     out = work / f"flow-{sandbox.bullphish_port}.json"
-    cpu_before = sandbox.cpu()
-    server_before = cpu_seconds(server_pid)
-    start = time.perf_counter()
-    subprocess.run(
-        [*(prefix or []), sys.executable, "-m", "bench.flow_child", day.isoformat(), str(out)],
-        env=_env(sandbox, api_url, home, warehouse),
-        check=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-    )
-    wall = time.perf_counter() - start
-    result = json.loads(out.read_text())
-    result["wall_seconds"] = wall
-    result["sandbox_cpu_seconds"] = sandbox.cpu() - cpu_before
-    result["prefect_server_cpu_seconds"] = cpu_seconds(server_pid) - server_before
+    command = [*(prefix or []), sys.executable, "-m", "bench.flow_child", day.isoformat(), str(out)]
+    result = _run_child(sandbox, api_url, home, warehouse, server_pid, command, out)
     spans = _stage_spans(api_url, result["flow_run_id"])
     result["stages"] = {
         stage: (end - start).total_seconds() for stage, (start, end) in spans.items()
@@ -307,27 +321,9 @@ def run_backfill(
 ) -> dict:
     """The backfill flow over a range, in a child process, into `warehouse`."""
     out = warehouse.with_suffix(".backfill.json")
-    cpu_before = sandbox.cpu()
-    server_before = cpu_seconds(server_pid)
-    start = time.perf_counter()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.backfill_child",
-            start_day.isoformat(),
-            end_day.isoformat(),
-            str(out),
-        ],
-        env=_env(sandbox, api_url, home, warehouse),
-        check=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-    )
-    result = json.loads(out.read_text())
-    result["wall_seconds"] = time.perf_counter() - start
-    result["sandbox_cpu_seconds"] = sandbox.cpu() - cpu_before
-    result["prefect_server_cpu_seconds"] = cpu_seconds(server_pid) - server_before
+    command = [sys.executable, "-m", "bench.backfill_child"]
+    command += [start_day.isoformat(), end_day.isoformat(), str(out)]
+    result = _run_child(sandbox, api_url, home, warehouse, server_pid, command, out)
     result["date_seconds"] = _subflow_seconds(api_url, result["flow_run_id"])
     return result
 
@@ -340,12 +336,14 @@ def _subflow_seconds(api_url: str, flow_run_id: str) -> list[float]:
         timeout=30,
     )
     response.raise_for_status()
-    spans = []
-    for run in sorted(response.json(), key=lambda r: r["name"]):
-        if run.get("start_time") and run.get("end_time"):
-            start = dt.datetime.fromisoformat(run["start_time"])
-            spans.append((dt.datetime.fromisoformat(run["end_time"]) - start).total_seconds())
-    return spans
+    runs = sorted(response.json(), key=lambda r: r["name"])
+    return [_recorded_seconds(run) for run in runs if run.get("start_time") and run.get("end_time")]
+
+
+def _recorded_seconds(run: dict) -> float:
+    """A flow run's span as Prefect recorded it (its JSON from the API)."""
+    start = dt.datetime.fromisoformat(run["start_time"])
+    return (dt.datetime.fromisoformat(run["end_time"]) - start).total_seconds()
 
 
 def _bytes(path: Path) -> int:

@@ -29,6 +29,7 @@ import pyarrow as pa
 from bullphish_billing import lease
 from bullphish_billing.warehouse import sqlfiles
 from bullphish_billing.warehouse.db import fetch_all, transaction
+from bullphish_billing.warehouse.schema import catalog
 
 CRASH_POINT = "in-retention"
 LEASES_PER_TRANSACTION = 256
@@ -191,11 +192,7 @@ def snapshot_dropped(
     """The latest drop of the partner-date's target snapshot when no extraction followed it
     (dropped_at, retention_days, kept_from, targets_dropped); None while it is kept, and in
     a warehouse written before schema version 4 (no ops.raw_retention: nothing dropped)."""
-    if not fetch_all(
-        con,
-        "SELECT 1 FROM duckdb_tables() WHERE database_name = current_database() "
-        "AND schema_name = 'ops' AND table_name = 'raw_retention'",
-    ):
+    if "ops.raw_retention" not in catalog(con):
         return None
     cur = con.execute(sqlfiles.text("retention/snapshot"), {"d": usage_date, "p": partner_id})
     names = [d[0] for d in cur.description]

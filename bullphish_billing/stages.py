@@ -403,7 +403,8 @@ def publish_analytics(ctx: RunContext, *, own_run: bool = True) -> publish.Publi
     if not ctx.settings.warehouse.exists():
         return None
     with ctx.warehouse() as con:
-        started = fetch_value(con, "SELECT count(*) FROM ops.runs WHERE run_id = ?", [ctx.run_id])
-        if own_run and not started:
+        if own_run and not fetch_value(
+            con, "SELECT count(*) FROM ops.runs WHERE run_id = ?", [ctx.run_id]
+        ):
             return None
         return publish.publish(con, ctx.settings.analytics_path)

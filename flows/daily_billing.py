@@ -225,8 +225,8 @@ def _bill(
 def tidy_up(ctx: RunContext, day: dt.date, partner_ids: list[str], lease_wait_s: float) -> None:
     """After billing, not once stopping: the partners' organization mappings (they only
     inform analysts, and are KaseyaOne's current state, shared by every date), then the
-    target snapshots older than BILLING_RAW_RETENTION_DAYS. Never in a dry run (the snapshot
-    it extracted is there to be looked at)."""
+    target snapshots older than BILLING_RAW_RETENTION_DAYS. Its callers skip it in a dry run
+    (the snapshot a dry run extracted is there to be looked at)."""
     if stopping.stopping():
         return
     fetched = billing.fetch_mappings(ctx, day, partner_ids)
