@@ -56,6 +56,48 @@ def assert_each_day_as_of_that_day(sandbox: RunningSandbox, warehouse: Path, day
         assert stored(sandbox, day) == expected_in_kaseyaone(sandbox.world, expected), day
 
 
+def housekeeping_task_runs(start: dt.date, end: dt.date) -> tuple[object, list[tuple[object, str]]]:
+    """The latest backfill of start..end as Prefect recorded it: its flow run id, and the
+    housekeeping task runs (publish, mappings, raw retention) of it and of its dates' runs, as
+    (flow run id, task run name)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterName,
+        FlowRunFilterParentFlowRunId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    name = f"backfill-{start.isoformat()}-{end.isoformat()}"
+    with get_client(sync_client=True) as client:
+        (parent,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
+        dates = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])
+            )
+        )
+        runs = [parent.id, *(d.id for d in dates)]
+        # the API records task runs from events, a moment after the flow returns
+        deadline = time.monotonic() + 30
+        while True:
+            task_runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs))
+            )
+            found = [
+                (t.flow_run_id, t.name)
+                for t in task_runs
+                if t.name.startswith(("publish-", "mappings-", "raw-retention-"))
+            ]
+            if len(found) >= 3 or time.monotonic() > deadline:
+                return parent.id, found
+            time.sleep(0.5)
+
+
 def test_dates_start_oldest_first_at_most_n_at_a_time_and_a_failure_stops_nothing():
     days = [dt.date(2026, 3, d) for d in range(1, 8)]
     started: list[dt.date] = []
@@ -130,6 +172,19 @@ def test_a_date_delivered_before_is_not_billed_again_unless_forced(configure, wa
         first = backfilled(start=days[0], end=days[-1], partner_ids=CLEAN)
         assert [r.status for r in first.results] == ["delivered", "delivered"]
         assert first.exit_code == 0
+        # the dates' runs skip mappings, raw retention and publishing; the backfill does each
+        # once, after its last date, so the analysts' file holds every date it billed
+        parent, housekeeping = housekeeping_task_runs(days[0], days[-1])
+        end = days[-1].isoformat()
+        assert sorted(housekeeping) == sorted(
+            (parent, f"{step}-{end}") for step in ("publish", "mappings", "raw-retention")
+        )
+        analytics = warehouse_path.with_name("analytics.duckdb")
+        with duckdb.connect(str(analytics), read_only=True) as con:
+            published = con.execute("SELECT DISTINCT usage_date FROM ops.runs ORDER BY 1")
+            assert [d for (d,) in published.fetchall()] == days
+            mapped = con.execute("SELECT DISTINCT partner_id FROM ops.organization_mappings")
+            assert sorted(p for (p,) in mapped.fetchall()) == CLEAN
         keys = set(sends_per_key(sandbox))
         assert len(keys) == len(days) * len(CLEAN)  # one batch per partner-date
 
