@@ -3,7 +3,15 @@
 Analysts open it (BILLING_ANALYTICS_FILE; by default `analytics.duckdb` next to the warehouse)
 read-only, at any time. Each publish builds a new file beside it (every table but
 `raw.targets`, every view, without primary keys), checkpoints and fsyncs it, and renames it
-over the old one, which an open session goes on reading until it reconnects. It replaces only
+over the old one, which an open session goes on reading until it reconnects.
+
+The new file starts as a copy of the previous one, and only what changed is written into it:
+per table, the usage dates whose rows differ (compared by count and a hash of each row, in
+`sql/publish/`), so that publishing stays as fast after a year of history as after a day.
+Comparing content rather than keeping a log of what runs touched means that two publishes at
+once, a crash between runs, or a file restored from a backup cannot make the copy miss a date.
+When there is no usable previous file (none, another schema that cannot be migrated, a stray
+WAL beside it), the file is built from empty, as the first publish does. It replaces only
 a file it wrote (one holding `ops.analytics_file`); anything else is left with a one-line
 PublishError. Why, with the measurements: docs/decisions/2026-11-25-analysts-file-by-rename.md.
 """
@@ -12,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,8 +30,14 @@ import duckdb
 
 from bullphish_billing.errors import RunFailure
 from bullphish_billing.text import bounded, shown
-from bullphish_billing.warehouse.db import fetch_value, transaction
-from bullphish_billing.warehouse.migrations import migrate, shape_problem
+from bullphish_billing.warehouse import sqlfiles
+from bullphish_billing.warehouse.db import fetch_all, fetch_value, transaction
+from bullphish_billing.warehouse.migrations import (
+    SchemaShapeError,
+    SchemaVersionError,
+    migrate,
+    shape_problem,
+)
 from bullphish_billing.warehouse.schema import ANALYTICS_MARKER, TABLES, catalog, create_table
 
 NOT_PUBLISHED = frozenset({"raw.targets", "ops.schema_version"})  # migrate writes the version
@@ -37,8 +52,9 @@ class PublishError(RunFailure):
 class PublishResult:
     path: Path
     tables: int
-    rows: int
+    rows: int  # rows written: every row of a new file, the changed ones of an update
     seconds: float
+    incremental: bool = False  # started from the previous file, copying what changed
 
 
 def _temp_path(target: Path) -> Path:
@@ -158,19 +174,17 @@ def _publish(con: duckdb.DuckDBPyConnection, target: Path) -> PublishResult:
         con, "SELECT path FROM duckdb_databases() WHERE database_name = current_database()"
     )
     try:
-        with duckdb.connect(str(temp)) as fresh:
-            migrate(fresh, keys=False)  # the warehouse's tables, views and comments
-            create_table(fresh, ANALYTICS_MARKER, keys=False)  # what makes it ours to replace
-            fresh.execute(f"INSERT INTO {ANALYTICS_MARKER.name} VALUES (now(), ?)", [source])
+        incremental = _start_from_previous(target, temp)
+        if not incremental:
+            _start_empty(temp)
         con.execute(f"ATTACH '{temp}' AS {alias}")
-        rows = 0
         try:
             with transaction(con):
-                for table in PUBLISHED_TABLES:
-                    inserted = fetch_value(
-                        con, f"INSERT INTO {alias}.{table} BY NAME SELECT * FROM {table}"
-                    )
-                    rows += int(inserted or 0)
+                copy = _copy_changes if incremental else _copy_all
+                rows = sum(copy(con, alias, table) for table in PUBLISHED_TABLES)
+                marker = f"{alias}.{ANALYTICS_MARKER.name}"
+                con.execute(f"DELETE FROM {marker}")
+                con.execute(f"INSERT INTO {marker} VALUES (now(), ?)", [source])
             con.execute(f"CHECKPOINT {alias}")
         finally:
             con.execute(f"DETACH {alias}")
@@ -184,4 +198,72 @@ def _publish(con: duckdb.DuckDBPyConnection, target: Path) -> PublishResult:
     finally:
         temp.unlink(missing_ok=True)
         temp_wal.unlink(missing_ok=True)
-    return PublishResult(target, len(PUBLISHED_TABLES), rows, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return PublishResult(target, len(PUBLISHED_TABLES), rows, seconds, incremental)
+
+
+def _start_empty(temp: Path) -> None:
+    """A new file with the warehouse's tables, views and comments, no rows, and the marker."""
+    with duckdb.connect(str(temp)) as fresh:
+        migrate(fresh, keys=False)
+        create_table(fresh, ANALYTICS_MARKER, keys=False)  # what makes it ours to replace
+
+
+def _start_from_previous(target: Path, temp: Path) -> bool:
+    """Copy the previous analysts' file to `temp` and bring its schema up to date, so that
+    only what changed since needs copying: whether that worked. Not when there is none, when a
+    read-write session left a WAL beside it, when it predates the marker, or when it cannot be
+    read or migrated: then `temp` is removed and the file is built from empty."""
+    if not target.exists() or Path(f"{target}.wal").exists():
+        return False
+    try:
+        shutil.copyfile(target, temp)
+        with duckdb.connect(str(temp)) as previous:
+            if ANALYTICS_MARKER.name not in catalog(previous):
+                raise _NotReusable
+            migrate(previous, keys=False)  # a column a migration added reads as changed
+        return True
+    except (_NotReusable, SchemaShapeError, SchemaVersionError, duckdb.Error, OSError):
+        temp.unlink(missing_ok=True)
+        Path(f"{temp}.wal").unlink(missing_ok=True)
+        return False
+
+
+class _NotReusable(Exception):
+    pass
+
+
+def _copy_all(con: duckdb.DuckDBPyConnection, alias: str, table: str) -> int:
+    return int(fetch_value(con, f"INSERT INTO {alias}.{table} BY NAME SELECT * FROM {table}") or 0)
+
+
+def _copy_changes(con: duckdb.DuckDBPyConnection, alias: str, table: str) -> int:
+    """Make `table` of the attached previous file `alias` equal to the warehouse's, copying
+    only the usage dates whose rows differ (the whole table for one without usage dates, when
+    it differs): the rows written."""
+    names = {"table": table, "copy": alias, "columns": _CONTENT_COLUMNS[table]}
+    if table not in _DATED:
+        if not fetch_value(con, sqlfiles.template("publish/table_differs", **names)):
+            return 0
+        con.execute(f"DELETE FROM {alias}.{table}")
+        return _copy_all(con, alias, table)
+    dates = [d for (d,) in fetch_all(con, sqlfiles.template("publish/changed_dates", **names))]
+    if not dates:
+        return 0
+    changed = "usage_date IN (SELECT unnest($dates::DATE[]))"
+    con.execute(f"DELETE FROM {alias}.{table} WHERE {changed}", {"dates": dates})
+    inserted = fetch_value(
+        con,
+        f"INSERT INTO {alias}.{table} BY NAME SELECT * FROM {table} WHERE {changed}",
+        {"dates": dates},
+    )
+    return int(inserted or 0)
+
+
+_SCHEMA = {t.name: t for t in TABLES}
+_CONTENT_COLUMNS = {
+    name: ", ".join(c.name for c in _SCHEMA[name].columns) for name in PUBLISHED_TABLES
+}
+_DATED = frozenset(
+    name for name in PUBLISHED_TABLES if any(c.name == "usage_date" for c in _SCHEMA[name].columns)
+)

@@ -260,6 +260,10 @@ def publish(
         return None
     if result is not None:
         get_run_logger().info(
-            "published %s (%d rows, %.1f s)", result.path, result.rows, result.seconds
+            "published %s (%s %d rows, %.1f s)",
+            result.path,
+            "updated from the previous file:" if result.incremental else "new file:",
+            result.rows,
+            result.seconds,
         )
     return result

@@ -7,6 +7,7 @@ in an editable install alike) and are read with importlib.resources:
   documentation (`views.py` runs them);
 - `sql/rules/<statement>.sql`: one statement of the billing rules each (`billing_rules.py`).
 - `sql/notable/detect.sql`: the notable changes of a date (`notable.py`).
+- `sql/publish/*.sql`: what changed since the last analysts' file (`publish.py`).
 
 Values always travel as query parameters (`$d`, `$p`, `$run`, ...). A file that serves several
 entities is a template whose `{placeholders}` name identifiers only (a table, the entity, its
@@ -29,10 +30,10 @@ def text(name: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
-@functools.cache
 def template(name: str, **identifiers: str) -> str:
     """The SQL of the template `sql/<name>.sql` with its `{placeholders}` filled; every
-    placeholder must be given, and every identifier given must be used."""
+    placeholder must be given, and every identifier given must be used. (Not cached: some
+    identifiers, such as a publish's ATTACH alias, differ on every call.)"""
     sql = text(name)
     wanted = {field for _, field, _, _ in string.Formatter().parse(sql) if field}
     if wanted != set(identifiers):
