@@ -135,16 +135,18 @@ def test_a_run_waits_for_a_warehouse_another_process_holds_for_a_while(
     prefect_api_url,  # noqa: F811
 ):
     """Another process (another run's stage, a short DuckDB session) holds the file: the run
-    waits for it, says so, and then bills as usual."""
+    waits for it, says so, and then bills as usual. The holder lets go once the run has said
+    it waits (not after a fixed time, which a slow start of the run could outlast)."""
     warehouse = tmp_path / "warehouse.duckdb"
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
-            "time.sleep(4); c.close()",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+            "sys.stdin.read(); c.close()",
             str(warehouse),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -152,11 +154,27 @@ def test_a_run_waits_for_a_warehouse_another_process_holds_for_a_while(
         assert holder.stdout.readline().strip() == "held"
         with RunningSandbox(SMALL) as sandbox:
             env = child_env(sandbox, warehouse, prefect_api_url)
-            result = run_cli(["run", "--date", DAY.isoformat()], env, tmp_path)
-            assert result.returncode in (0, 1), output(result)  # 1: the sandbox's held partners
-            assert "is locked by another process: waiting up to 120 s" in result.stderr
+            run = subprocess.Popen(
+                [sys.executable, "-m", "bullphish_billing", "run", "--date", DAY.isoformat()],
+                env=env,
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            said = []
+            for line in run.stderr:  # until the run says it waits, or ends
+                said.append(line)
+                if "is locked by another process: waiting up to 120 s" in line:
+                    break
+            holder.stdin.close()  # let go
+            said += run.stderr.readlines()
+            assert run.wait(timeout=240) in (0, 1), "".join(said)  # 1: the held partners
+            assert any("waiting up to 120 s" in line for line in said), "".join(said)
             assert_delivered_exactly_once(sandbox, warehouse, DAY)
     finally:
+        if not holder.stdin.closed:
+            holder.stdin.close()
         holder.wait(timeout=30)
 
 
