@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/bullphish-billing demo
 
+# Two pytest-xdist workers: most tests wait on servers and child processes, so two at a time
+# take about two thirds of the time on a 2-core machine (14.5 against 21.8 min, 2026-12-03).
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 # The unit tests alone (tests/unit: no server, no Prefect), in under a minute.
 test-fast: $(STAMP)

@@ -11,7 +11,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bpb-prefect-home-"))
+if os.environ.get("PYTEST_XDIST_WORKER") or "PREFECT_HOME" not in os.environ:
+    # each pytest-xdist worker a home of its own (a worker inherits the controller's)
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="bpb-prefect-home-")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 

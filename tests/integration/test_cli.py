@@ -1,7 +1,9 @@
 """The command line as a user meets it: exit codes, one-line errors, clean output, no secrets.
 
 These run `python -m bullphish_billing` in a child process against the sandbox (served by
-this test process on loopback), each on Prefect's ephemeral server in a temporary home.
+this test process on loopback). A clean run and the demo run as a user's would, on Prefect's
+ephemeral server in a temporary home (started by the child: about 20 s each here); the other
+runs use the test harness's Prefect server (`harness_env`), which the child need not start.
 """
 
 from __future__ import annotations
@@ -33,6 +35,19 @@ def sandbox():
 
 def cli_env(sandbox: RunningSandbox, tmp_path: Path) -> dict[str, str]:
     return bare_env(tmp_path) | sandbox_env(sandbox, tmp_path / "wh.duckdb")
+
+
+@pytest.fixture
+def harness_env(prefect_harness):
+    """`cli_env` on the test harness's Prefect server instead of an ephemeral one."""
+    import prefect.settings
+
+    def env(sandbox: RunningSandbox, tmp_path: Path) -> dict[str, str]:
+        return cli_env(sandbox, tmp_path) | {
+            "PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value()
+        }
+
+    return env
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
@@ -84,22 +99,24 @@ def test_a_clean_run_exits_0_with_no_traceback_or_error_and_no_secret(tmp_path, 
                 assert secret.encode() not in path.read_bytes(), path
 
 
-def test_held_or_rejected_work_exits_1(tmp_path, sandbox):
-    result = run_cli(["run"], cli_env(sandbox, tmp_path), tmp_path)
+def test_held_or_rejected_work_exits_1(tmp_path, sandbox, harness_env):
+    result = run_cli(["run"], harness_env(sandbox, tmp_path), tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "held" in result.stdout and "partial" in result.stdout
 
 
-def test_an_unknown_partner_exits_2_before_any_work(tmp_path, sandbox):
+def test_an_unknown_partner_exits_2_before_any_work(tmp_path, sandbox, harness_env):
     before = len(sandbox.kaseyaone.requests)
-    result = run_cli(["run", "--partner", "p_9999"], cli_env(sandbox, tmp_path), tmp_path)
+    result = run_cli(["run", "--partner", "p_9999"], harness_env(sandbox, tmp_path), tmp_path)
     assert_one_line_error(result, "unknown partner p_9999")
     assert len(sandbox.kaseyaone.requests) == before
 
 
 @pytest.mark.parametrize("variable", ["BULLPHISH_API_TOKEN", "KASEYAONE_CLIENT_SECRET"])
-def test_a_wrong_credential_exits_2_naming_it_not_showing_it(tmp_path, sandbox, variable):
-    env = cli_env(sandbox, tmp_path) | {variable: "not-the-right-one-XYZ"}
+def test_a_wrong_credential_exits_2_naming_it_not_showing_it(
+    tmp_path, sandbox, harness_env, variable
+):
+    env = harness_env(sandbox, tmp_path) | {variable: "not-the-right-one-XYZ"}
     result = run_cli(["run"], env, tmp_path)
     assert_one_line_error(result, variable)
     assert "not-the-right-one-XYZ" not in result.stdout + result.stderr
