@@ -7,13 +7,15 @@ over the old one, which an open session goes on reading until it reconnects.
 
 The new file starts as a copy of the previous one, and only what changed is written into it:
 per table, the usage dates whose rows differ (compared by count and a hash of each row, in
-`sql/publish/`), so that publishing stays as fast after a year of history as after a day.
+`sql/publish/`): writing grows with what changed, not with the history (the comparison
+still reads all of it, without writing: 1.2 s of 2 s at 180 S-sized days).
 Comparing content rather than keeping a log of what runs touched means that two publishes at
 once, a crash between runs, or a file restored from a backup cannot make the copy miss a date.
 When there is no usable previous file (none, another schema that cannot be migrated, a stray
 WAL beside it), the file is built from empty, as the first publish does. It replaces only
 a file it wrote (one holding `ops.analytics_file`); anything else is left with a one-line
-PublishError. Why, with the measurements: docs/decisions/2026-11-25-analysts-file-by-rename.md.
+PublishError. Why, with the measurements: docs/decisions/2026-11-25-analysts-file-by-rename.md
+and docs/decisions/2026-12-03-analysts-file-updated-by-content.md.
 """
 
 from __future__ import annotations
