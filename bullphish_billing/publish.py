@@ -12,7 +12,8 @@ still reads all of it, without writing: 1.2 s of 2 s at 180 S-sized days).
 Comparing content rather than keeping a log of what runs touched means that two publishes at
 once, a crash between runs, or a file restored from a backup cannot make the copy miss a date.
 When there is no usable previous file (none, another schema that cannot be migrated, a stray
-WAL beside it), the file is built from empty, as the first publish does. It replaces only
+WAL beside it, more free blocks than used ones), the file is built from empty, as the first
+publish does. It replaces only
 a file it wrote (one holding `ops.analytics_file`); anything else is left with a one-line
 PublishError. Why, with the measurements: docs/decisions/2026-11-25-analysts-file-by-rename.md
 and docs/decisions/2026-12-03-analysts-file-updated-by-content.md.
@@ -222,6 +223,11 @@ def _start_from_previous(target: Path, temp: Path) -> bool:
         shutil.copyfile(target, temp)
         with duckdb.connect(str(temp)) as previous:
             if ANALYTICS_MARKER.name not in catalog(previous):
+                raise _NotReusable
+            used, free = previous.execute(
+                "SELECT used_blocks, free_blocks FROM pragma_database_size()"
+            ).fetchall()[0]
+            if free > used:  # updates left it mostly free blocks: build it compact again
                 raise _NotReusable
             migrate(previous, keys=False)  # a column a migration added reads as changed
         return True

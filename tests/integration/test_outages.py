@@ -164,7 +164,7 @@ def test_a_partner_whose_lists_fail_is_failed_with_its_reason_and_the_others_go_
         RunningSandbox(config) as sandbox,
         StallingProxy(sandbox.bullphish_url, lambda m, path: bool(stalls.fullmatch(path))) as bp,
     ):
-        configure(sandbox, bullphish_url=bp.url, BILLING_HTTP_DEADLINE_S=1.5)
+        configure(sandbox, bullphish_url=bp.url, BILLING_HTTP_DEADLINE_S=4)
         summary = run_flow(DAY)
         assert bp.stalled >= 1
         outcomes = {o.partner_id: o for o in summary.outcomes}

@@ -206,6 +206,34 @@ def test_a_previous_file_that_cannot_be_updated_is_replaced_by_a_full_copy(
     assert state_of(target)[0] == 1
 
 
+def test_a_previous_file_left_mostly_free_blocks_is_built_compact_again(tmp_path, warehouse_path):
+    target = tmp_path / "analytics.duckdb"
+    with open_warehouse(warehouse_path) as con:
+        finished_run(con, "run-1", dt.date(2026, 11, 20))
+        publish.publish(con, target)
+        with duckdb.connect(str(target)) as pub:  # as updates that removed many rows leave it
+            pub.execute(
+                "INSERT INTO billing_metrics SELECT DATE '2026-11-19', 'p_' || i, 'o_1', "
+                "'bullphish_id.phishing.per_user', i, 'per_user', 'run-x', now() "
+                "FROM range(1000000) r(i)"
+            )
+            pub.execute("CHECKPOINT")
+            pub.execute("DELETE FROM billing_metrics WHERE units % 100 <> 0")
+            pub.execute("CHECKPOINT")
+            used, free = pub.execute(
+                "SELECT used_blocks, free_blocks FROM pragma_database_size()"
+            ).fetchall()[0]
+        assert free > used
+        rebuilt = publish.publish(con, target)
+        assert not rebuilt.incremental and rebuilt.rows == 1
+        with duckdb.connect(str(target), read_only=True) as pub:
+            used, free = pub.execute(
+                "SELECT used_blocks, free_blocks FROM pragma_database_size()"
+            ).fetchall()[0]
+        assert free == 0
+        assert publish.publish(con, target).incremental  # compact again: updated from now on
+
+
 def test_temporary_files_of_dead_publishes_are_removed_live_ones_kept(tmp_path):
     target = tmp_path / "analytics.duckdb"
     dead = subprocess.run(
