@@ -550,8 +550,9 @@ def _history_lines(results: dict) -> list[str]:
     )
     for stage in sorted(set(empty["stages"]) | set(flow["stages"])):
         before, after = empty["stages"].get(stage, 0.0), flow["stages"].get(stage, 0.0)
-        later = again["stages"].get(stage, 0.0)
-        lines.append(f"  {stage:<15}{before:8.2f} s  {after:8.2f} s  {later:8.2f} s")
+        later = again["stages"].get(stage)
+        shown_later = "-" if later is None else f"{later:.2f}"  # not recorded by that run
+        lines.append(f"  {stage:<15}{before:8.2f} s  {after:8.2f} s  {shown_later:>8} s")
     per_day = bytes_per_day(results)
     lines.append(
         f"bytes per day of history: warehouse {per_day['warehouse'] / 1e6:.1f} MB "

@@ -13,10 +13,10 @@ Comparing content rather than keeping a log of what runs touched means that two 
 once, a crash between runs, or a file restored from a backup cannot make the copy miss a date.
 When there is no usable previous file (none, another schema that cannot be migrated, a stray
 WAL beside it, more free blocks than used ones), the file is built from empty, as the first
-publish does. It replaces only
-a file it wrote (one holding `ops.analytics_file`); anything else is left with a one-line
-PublishError. Why, with the measurements: docs/decisions/2026-11-25-analysts-file-by-rename.md
-and docs/decisions/2026-12-03-analysts-file-updated-by-content.md.
+publish does. It replaces only a file it wrote (one holding `ops.analytics_file`); anything
+else is left with a one-line PublishError. Why, with the measurements:
+docs/decisions/2026-11-25-analysts-file-by-rename.md and
+docs/decisions/2026-12-03-analysts-file-updated-by-content.md.
 """
 
 from __future__ import annotations

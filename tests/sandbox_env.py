@@ -59,6 +59,14 @@ def child_env(
     return env | extra
 
 
+def start_cli(args: list[str], env: dict[str, str], cwd: Path, **kwargs: Any) -> subprocess.Popen:
+    """`python -m bullphish_billing ARGS` started in a child process, to read while it runs
+    (`kwargs`: Popen's, e.g. stdout=subprocess.PIPE); text mode."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bullphish_billing", *args], env=env, cwd=cwd, text=True, **kwargs
+    )
+
+
 def run_cli(
     args: list[str], env: dict[str, str], cwd: Path, **kwargs: Any
 ) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from sandbox_env import run_cli, sandbox_env, scrubbed_environ
+from sandbox_env import child_env, run_cli, sandbox_env, scrubbed_environ
 
 from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
 
@@ -39,13 +39,11 @@ def cli_env(sandbox: RunningSandbox, tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def harness_env(prefect_harness):
-    """`cli_env` on the test harness's Prefect server instead of an ephemeral one."""
-    import prefect.settings
+    """`cli_env` on the test harness's Prefect server (`child_env` points the child at it)
+    instead of an ephemeral one."""
 
     def env(sandbox: RunningSandbox, tmp_path: Path) -> dict[str, str]:
-        return cli_env(sandbox, tmp_path) | {
-            "PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value()
-        }
+        return child_env(sandbox, tmp_path / "wh.duckdb", prefect_home=tmp_path / "prefect-home")
 
     return env
 

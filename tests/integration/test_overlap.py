@@ -18,7 +18,7 @@ from fault_tools import (
 )
 from flow_runs import billed
 from oracle import expected_billing, expected_in_kaseyaone
-from sandbox_env import child_env, output, sends_per_key, sends_per_partner_date, stored
+from sandbox_env import child_env, output, sends_per_key, sends_per_partner_date, start_cli, stored
 
 from bullphish_billing import lease
 from bullphish_billing.dates import today_utc
@@ -206,13 +206,12 @@ def test_two_processes_billing_one_date_at_once_take_turns_and_deliver_it_once(
     with RunningSandbox(CONFIG) as sandbox:
         env = child_env(sandbox, warehouse, prefect_api_url)
         runs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "bullphish_billing", "run", "--date", DAY.isoformat()],
-                env=env,
-                cwd=tmp_path,
+            start_cli(
+                ["run", "--date", DAY.isoformat()],
+                env,
+                tmp_path,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                text=True,
             )
             for _ in range(2)
         ]

@@ -27,7 +27,7 @@ from fault_tools import (
     stored,
 )
 from flow_runs import billed
-from sandbox_env import child_env, output, run_cli, sandbox_env
+from sandbox_env import child_env, output, run_cli, sandbox_env, start_cli
 
 from bullphish_billing.dates import yesterday_utc
 from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
@@ -154,13 +154,12 @@ def test_a_run_waits_for_a_warehouse_another_process_holds_for_a_while(
         assert holder.stdout.readline().strip() == "held"
         with RunningSandbox(SMALL) as sandbox:
             env = child_env(sandbox, warehouse, prefect_api_url)
-            run = subprocess.Popen(
-                [sys.executable, "-m", "bullphish_billing", "run", "--date", DAY.isoformat()],
-                env=env,
-                cwd=tmp_path,
+            run = start_cli(
+                ["run", "--date", DAY.isoformat()],
+                env,
+                tmp_path,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                text=True,
             )
             said = []
             for line in run.stderr:  # until the run says it waits, or ends
