@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import numpy as np
@@ -34,12 +34,7 @@ from bullphish_billing.validation import (
     validate_records,
     validate_table,
 )
-from bullphish_billing.warehouse.raw import (
-    Snapshot,
-    extracted_partners,
-    replace_partners,
-    write_snapshots,
-)
+from bullphish_billing.warehouse.raw import Snapshot, replace_partners
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +43,14 @@ BATCH_RECORDS = 20_000
 # Target pages (99% of what is read) are decoded by Arrow off the event loop; organizations
 # (nested `modules`, a required-but-nullable `parent_id`) and partners go through orjson.
 _TARGET_PAGES = ArrowPageDecoder(arrow_record_type(TARGET), required_fields(TARGET))
+
+
+class SnapshotSink(Protocol):
+    """Where complete snapshots go: the warehouse (`warehouse.raw.WarehouseSink`) or a shard's
+    staged Parquet files (`staging.StagingSink`). `write` runs in a worker thread, one call at
+    a time, and has stored the snapshots when it returns."""
+
+    def write(self, snapshots: list[Snapshot]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -295,26 +298,25 @@ def _result(snapshot: Snapshot) -> ExtractResult:
 
 async def extract_partners(
     client: BullPhishClient,
-    con: duckdb.DuckDBPyConnection,
+    sink: SnapshotSink,
     usage_date: dt.date,
     partner_ids: list[str],
-    run_id: str,
     *,
     concurrency: int = 4,
     max_unwritten_records: int = 500_000,
 ) -> dict[str, ExtractResult]:
     """Extract several partner-dates, at most `concurrency` partners read at a time.
 
-    One writer stores the complete snapshots: each time it is free it takes every snapshot
-    completed meanwhile and writes them in one transaction (`write_snapshots`), so a day of
-    small partners costs a few commits, not one per partner. Memory is bounded by the
+    One writer stores the complete snapshots in `sink`: each time it is free it takes every
+    snapshot completed meanwhile and writes them in one go (one transaction in the warehouse,
+    one set of Parquet files when staged), so a day of small partners costs a few commits, not
+    one per partner. Memory is bounded by the
     partners being read (each list bounded by the client's list budget) and the complete
     snapshots not yet written: at most `max_unwritten_records` records, or one snapshot; a
     reader whose snapshot does not fit waits, and keeps its place among the `concurrency`.
     """
     gate = asyncio.Semaphore(concurrency)
     results: dict[str, ExtractResult] = {}
-    existing = extracted_partners(con, usage_date)
     complete: asyncio.Queue[Snapshot | None] = asyncio.Queue()
     unwritten = 0  # records of the snapshots handed to the writer and not yet written
     written = asyncio.Condition()
@@ -336,11 +338,7 @@ async def extract_partners(
             done = group[-1] is None
             snapshots = [s for s in group if s is not None]
             if snapshots:
-                await _finished(
-                    asyncio.to_thread(
-                        write_snapshots, con, usage_date, snapshots, run_id, replacing=existing
-                    )
-                )
+                await _finished(asyncio.to_thread(sink.write, snapshots))
                 for snapshot in snapshots:
                     finish(_result(snapshot))
                 async with written:

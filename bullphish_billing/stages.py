@@ -35,6 +35,7 @@ from bullphish_billing.reporting import unattributed_quarantine
 from bullphish_billing.results import Evaluation, PartnerDecision, RunSummary
 from bullphish_billing.run_context import RunContext
 from bullphish_billing.warehouse.db import fetch_value
+from bullphish_billing.warehouse.raw import WarehouseSink
 
 
 # -- before any work -----------------------------------------------------------------------
@@ -159,10 +160,9 @@ def extract(
             with ctx.warehouse() as con:
                 return await extract_partners(
                     client,
-                    con,
+                    WarehouseSink(con, usage_date, ctx.run_id),
                     usage_date,
                     partner_ids,
-                    ctx.run_id,
                     concurrency=max(1, ctx.settings.max_connections // 2),
                     max_unwritten_records=ctx.settings.max_list_records,
                 )

@@ -47,6 +47,120 @@ class Snapshot:
         self.received[entity] += received
 
 
+SNAPSHOT_PARTS = ("organizations", "targets", "quarantine", "normalized", "extractions")
+"""What complete snapshots come to, one Arrow table (or staged Parquet file) each: the rows of
+raw.organizations and raw.targets, the record-level quarantine and normalized values of both,
+and one row per partner-date for ops.extractions. Each has a `partner_id` column; none the
+usage date or the run id, which the load adds."""
+
+_ISSUE_SCHEMA = pa.schema(
+    [
+        ("partner_id", pa.string()),
+        ("entity", pa.string()),
+        ("record_id", pa.string()),
+        ("page_no", pa.int64()),
+        ("page_row", pa.int64()),
+        ("reason", pa.string()),
+    ]
+)
+
+# Each part's load into the warehouse, from `{src}` (a registered table or read_parquet(...)):
+# the parameters are always (usage_date, run_id).
+_LOADS = {
+    "organizations": "INSERT INTO raw.organizations BY NAME "
+    "SELECT ?::DATE AS usage_date, *, ? AS run_id FROM {src}",
+    "targets": "INSERT INTO raw.targets BY NAME SELECT ?::DATE AS usage_date, *, ? AS run_id "
+    "FROM {src}",
+    "quarantine": "INSERT INTO ops.quarantine BY NAME SELECT ?::DATE AS usage_date, *, "
+    "'record' AS stage, ? AS run_id, now() AS recorded_at FROM {src}",
+    "normalized": "INSERT INTO ops.normalized_values BY NAME SELECT ?::DATE AS usage_date, *, "
+    "? AS run_id, now() AS recorded_at FROM {src}",
+    "extractions": "INSERT INTO ops.extractions BY NAME SELECT ?::DATE AS usage_date, *, "
+    "now() AS extracted_at, ? AS run_id FROM {src}",
+}
+
+
+def snapshot_parts(snapshots: list[Snapshot]) -> dict[str, pa.Table]:
+    """The snapshots as one Arrow table per part of SNAPSHOT_PARTS (parts without rows left
+    out, except `extractions`, which has a row per snapshot)."""
+    parts: dict[str, pa.Table] = {}
+    for entity, table in _RAW_TABLES.items():
+        batches = [(s.partner_id, batch) for s in snapshots for batch in s.batches[entity]]
+        rows = [
+            b.rows.append_column(
+                "partner_id", pa.repeat(pa.scalar(p, pa.string()), b.rows.num_rows)
+            )
+            for p, b in batches
+            if b.rows.num_rows
+        ]
+        if rows:
+            parts[table.removeprefix("raw.")] = pa.concat_tables(rows)
+        for part, frames in (
+            ("quarantine", [(p, b.bad) for p, b in batches if len(b.bad)]),
+            ("normalized", [(p, b.normalized) for p, b in batches if len(b.normalized)]),
+        ):
+            if frames:
+                issues = pa.concat_tables(_issues(frame, p, entity) for p, frame in frames)
+                parts[part] = pa.concat_tables([parts[part], issues]) if part in parts else issues
+    parts["extractions"] = pa.table(
+        {
+            "partner_id": pa.array([s.partner_id for s in snapshots], pa.string()),
+            "organizations_received": pa.array(
+                [s.received["organization"] for s in snapshots], pa.int64()
+            ),
+            "targets_received": pa.array([s.received["target"] for s in snapshots], pa.int64()),
+            "pages": pa.array([s.pages for s in snapshots], pa.int32()),
+        }
+    )
+    return parts
+
+
+def _issues(frame: pd.DataFrame, partner_id: str, entity: str) -> pa.Table:
+    """Quarantine or normalized rows of one batch (QUARANTINE_COLUMNS) as `_ISSUE_SCHEMA`."""
+    n = len(frame)
+    return pa.table(
+        {
+            "partner_id": pa.repeat(pa.scalar(partner_id, pa.string()), n),
+            "entity": pa.repeat(pa.scalar(entity, pa.string()), n),
+            "record_id": pa.array(frame["record_id"].astype(object), pa.string(), from_pandas=True),
+            "page_no": pa.array(frame["page_no"], pa.int64()),
+            "page_row": pa.array(frame["page_row"], pa.int64()),
+            "reason": pa.array(frame["reason"].astype(object), pa.string()),
+        },
+        schema=_ISSUE_SCHEMA,
+    )
+
+
+def load_snapshot_parts(
+    cur: duckdb.DuckDBPyConnection,
+    usage_date: dt.date,
+    sources: dict[str, str],
+    partner_ids: list[str],
+    run_id: str,
+    *,
+    replacing: set[str] | frozenset[str] = frozenset(),
+) -> None:
+    """Within the caller's transaction: replace the partner-dates' snapshots (those of
+    `partner_ids` in `replacing` had one: `extracted_partners`) by the parts in `sources`, each
+    a relation SQL can read from (a registered table, a `read_parquet(...)`); a part without a
+    source has no rows. The one load shared by in-process extraction and staged shards."""
+    replaced = sorted(set(partner_ids) & set(replacing))
+    if replaced:
+        for table in ("raw.organizations", "raw.targets", "ops.extractions"):
+            cur.execute(
+                f"DELETE FROM {table} WHERE usage_date = ? AND list_contains(?, partner_id)",
+                [usage_date, replaced],
+            )
+        for table in ("ops.quarantine", "ops.normalized_values"):
+            cur.execute(
+                f"DELETE FROM {table} WHERE usage_date = ? "
+                "AND list_contains(?, partner_id) AND entity <> 'partner'",
+                [usage_date, replaced],
+            )
+    for part, src in sources.items():
+        cur.execute(_LOADS[part].format(src=src), [usage_date, run_id])
+
+
 def write_snapshots(
     con: duckdb.DuckDBPyConnection,
     usage_date: dt.date,
@@ -60,64 +174,35 @@ def write_snapshots(
     there is nothing to delete. Uses its own cursor, so it may run in a worker thread."""
     if not snapshots:
         return
+    parts = snapshot_parts(snapshots)
     with closing(con.cursor()) as cur, transaction(cur):
-        replaced = sorted({s.partner_id for s in snapshots} & set(replacing))
-        if replaced:
-            for table in ("raw.organizations", "raw.targets", "ops.extractions"):
-                cur.execute(
-                    f"DELETE FROM {table} WHERE usage_date = ? AND list_contains(?, partner_id)",
-                    [usage_date, replaced],
-                )
-            for table in ("ops.quarantine", "ops.normalized_values"):
-                cur.execute(
-                    f"DELETE FROM {table} WHERE usage_date = ? "
-                    "AND list_contains(?, partner_id) AND entity <> 'partner'",
-                    [usage_date, replaced],
-                )
-        for entity in _RAW_TABLES:
-            _append(cur, usage_date, snapshots, entity, run_id)
-        cur.register(
-            "extracted",
-            pa.table(
-                {
-                    "partner_id": [s.partner_id for s in snapshots],
-                    "organizations": [s.received["organization"] for s in snapshots],
-                    "targets": [s.received["target"] for s in snapshots],
-                    "pages": pa.array([s.pages for s in snapshots], pa.int32()),
-                }
-            ),
-        )
-        cur.execute(
-            "INSERT INTO ops.extractions SELECT ?, partner_id, organizations, targets, pages, "
-            "now(), ? FROM extracted",
-            [usage_date, run_id],
+        for part, table in parts.items():
+            cur.register(f"snapshot_{part}", table)
+        load_snapshot_parts(
+            cur,
+            usage_date,
+            {part: f"snapshot_{part}" for part in parts},
+            [s.partner_id for s in snapshots],
+            run_id,
+            replacing=replacing,
         )
 
 
-def _append(
-    cur: duckdb.DuckDBPyConnection,
-    usage_date: dt.date,
-    snapshots: list[Snapshot],
-    entity: str,
-    run_id: str,
-) -> None:
-    """Append the snapshots' rows and quarantine of one entity, one statement each."""
-    batches = [(s.partner_id, batch) for s in snapshots for batch in s.batches[entity]]
-    rows = [
-        b.rows.append_column("partner_id", pa.repeat(pa.scalar(p, pa.string()), b.rows.num_rows))
-        for p, b in batches
-        if b.rows.num_rows
-    ]
-    if rows:
-        _insert_rows(cur, _RAW_TABLES[entity], usage_date, pa.concat_tables(rows), run_id)
-    bad = [b.bad.assign(partner_id=p) for p, b in batches if len(b.bad)]
-    if bad:
-        insert_quarantine(
-            cur, pd.concat(bad, ignore_index=True), usage_date, None, entity, "record", run_id
-        )
-    fixed = [b.normalized.assign(partner_id=p) for p, b in batches if len(b.normalized)]
-    if fixed:
-        insert_normalized(cur, pd.concat(fixed, ignore_index=True), usage_date, entity, run_id)
+@dataclass
+class WarehouseSink:
+    """Where in-process extraction puts complete snapshots: straight into the warehouse,
+    replacing those the date had when the sink was made."""
+
+    con: duckdb.DuckDBPyConnection
+    usage_date: dt.date
+    run_id: str
+    existing: set[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.existing = extracted_partners(self.con, self.usage_date)
+
+    def write(self, snapshots: list[Snapshot]) -> None:
+        write_snapshots(self.con, self.usage_date, snapshots, self.run_id, replacing=self.existing)
 
 
 def _insert_rows(

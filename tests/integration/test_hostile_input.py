@@ -39,6 +39,7 @@ from bullphish_billing.clients import (
 from bullphish_billing.extract import extract_partner_list, extract_partners
 from bullphish_billing.validation import ORGANIZATION, PARTNER, TARGET, validate_records
 from bullphish_billing.warehouse.db import open_warehouse
+from bullphish_billing.warehouse.raw import WarehouseSink
 
 DAY = dt.date.today() - dt.timedelta(days=3)
 TOKEN = "hostile-token"
@@ -376,7 +377,8 @@ async def _extract(url: str, warehouse: Path, run_id: str):
         with open_warehouse(warehouse) as con:
             await extract_partner_list(client, con, DAY, run_id)
             billing_rules.decide_partners(con, DAY, run_id)
-            return await extract_partners(client, con, DAY, [PARTNER_ID], run_id)
+            sink = WarehouseSink(con, DAY, run_id)
+            return await extract_partners(client, sink, DAY, [PARTNER_ID])
 
 
 def text_columns(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
