@@ -159,6 +159,39 @@ class Settings(BaseSettings):
         "days, each drop recorded in ops.raw_retention. The counts (ops.target_fates, "
         "metric_explanations) and everything else stay. 0 keeps every snapshot.",
     )
+    shards: int = Field(
+        1,
+        alias="BILLING_SHARDS",
+        ge=1,
+        le=64,
+        description='Extract shards per run (README "Scaling out"): 1 extracts in the run\'s '
+        "own process; K > 1 splits the billable partners into K shards, each extracted by a "
+        "run of the extract-shard deployment (on the bullphish-shards work pool) into "
+        "Parquet under BILLING_STAGING_URL, which the run then loads.",
+    )
+    staging_url: str | None = Field(
+        None,
+        alias="BILLING_STAGING_URL",
+        description="Where extract shards stage their Parquet files: a local path, or a URL "
+        "fsspec opens (s3://, gs://, a shared file system) that every shard host and the "
+        "warehouse host reach (default: staging beside the warehouse).",
+    )
+    staging_keep_days: int = Field(
+        0,
+        alias="BILLING_STAGING_KEEP_DAYS",
+        ge=0,
+        le=3650,
+        description="Keep a shard's staged files this many days after they are loaded (for "
+        "audit); 0 removes them once loaded.",
+    )
+    shard_timeout_s: float = Field(
+        3600.0,
+        alias="BILLING_SHARD_TIMEOUT_S",
+        gt=0,
+        description="Longest a run waits for one of its extract shards (from its start to its "
+        "end, never past the run's deadline); a shard not done by then has its partners "
+        "failed, named, and billed by the next run.",
+    )
     analytics_file: Path | None = Field(
         None,
         alias="BILLING_ANALYTICS_FILE",
@@ -213,6 +246,12 @@ class Settings(BaseSettings):
     def analytics_path(self) -> Path:
         """Where the analysts' copy of the warehouse is published."""
         return self.analytics_file or self.warehouse.with_name("analytics.duckdb")
+
+    @property
+    def staging_location(self) -> str:
+        """Where extract shards stage their files (BILLING_STAGING_URL, or beside the
+        warehouse)."""
+        return self.staging_url or str(self.warehouse.with_name("staging"))
 
     def require_apis(self) -> None:
         """Raise ConfigurationError naming every missing variable the APIs need."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from bullphish_billing import (
@@ -23,17 +23,25 @@ from bullphish_billing import (
     publish,
     reconciliation,
     retention,
+    shards,
+    staging,
     stale_targets,
     stopping,
     target_fates,
 )
-from bullphish_billing.clients import FinalApiError
+from bullphish_billing.clients import BullPhishClient, FinalApiError
 from bullphish_billing.dates import yesterday_utc
 from bullphish_billing.errors import ConfigurationError, UnknownPartnerError
-from bullphish_billing.extract import ExtractResult, extract_partner_list, extract_partners
+from bullphish_billing.extract import (
+    ExtractResult,
+    SnapshotSink,
+    extract_partner_list,
+    extract_partners,
+)
 from bullphish_billing.reporting import unattributed_quarantine
 from bullphish_billing.results import Evaluation, PartnerDecision, RunSummary
 from bullphish_billing.run_context import RunContext
+from bullphish_billing.shards import Shard, ShardRun
 from bullphish_billing.warehouse.db import fetch_value
 from bullphish_billing.warehouse.raw import WarehouseSink
 
@@ -158,19 +166,130 @@ def extract(
     async def fetch() -> dict[str, ExtractResult]:
         async with ctx.bullphish() as client:
             with ctx.warehouse() as con:
-                return await extract_partners(
-                    client,
-                    WarehouseSink(con, usage_date, ctx.run_id),
-                    usage_date,
-                    partner_ids,
-                    concurrency=max(1, ctx.settings.max_connections // 2),
-                    max_unwritten_records=ctx.settings.max_list_records,
+                return await _extract(
+                    ctx, client, WarehouseSink(con, usage_date, ctx.run_id), usage_date, partner_ids
                 )
 
     results = asyncio.run(fetch()) if partner_ids else {}
+    return _with_others(results, left_to_others)
+
+
+def _extract(
+    ctx: RunContext,
+    client: BullPhishClient,
+    sink: SnapshotSink,
+    usage_date: dt.date,
+    partner_ids: list[str],
+) -> Awaitable[dict[str, ExtractResult]]:
+    """The one extraction, in-process or in a shard: partners two lists at a time within
+    BILLING_MAX_CONNECTIONS, snapshots held up to BILLING_MAX_LIST_RECORDS."""
+    return extract_partners(
+        client,
+        sink,
+        usage_date,
+        partner_ids,
+        concurrency=max(1, ctx.settings.max_connections // 2),
+        max_unwritten_records=ctx.settings.max_list_records,
+    )
+
+
+def _with_others(
+    results: dict[str, ExtractResult], left_to_others: Mapping[str, str] | None
+) -> dict[str, ExtractResult]:
     for partner_id, reason in (left_to_others or {}).items():
         results[partner_id] = ExtractResult(partner_id, 0, 0, 0, error=reason)
     return results
+
+
+# -- extract shards (scale-out: README "Scaling out") --------------------------------------
+def plan_shards(ctx: RunContext, usage_date: dt.date, partner_ids: list[str]) -> list[Shard]:
+    """Split the partners into BILLING_SHARDS shards balanced by their last known size."""
+    with ctx.warehouse() as con:
+        sizes = shards.last_sizes(con, usage_date, partner_ids)
+    return shards.pack(partner_ids, ctx.settings.shards, sizes, ctx.settings.max_connections)
+
+
+def extract_shard(
+    ctx: RunContext, usage_date: dt.date, partner_ids: list[str], *, run_id: str, shard: int
+) -> staging.Manifest:
+    """Shard `shard` of run `run_id`: extract the partners exactly as `extract` does, but into
+    Parquet files under BILLING_STAGING_URL, then write the manifest, last. The shard never
+    opens the warehouse (it may run on another host); what an earlier attempt of it staged is
+    removed first."""
+    location = staging.shard_location(ctx.settings.staging_location, usage_date, run_id, shard)
+    staging.remove(location)
+    sink = staging.StagingSink(location)
+
+    async def fetch() -> dict[str, ExtractResult]:
+        async with ctx.bullphish() as client:
+            return await _extract(ctx, client, sink, usage_date, partner_ids)
+
+    results = asyncio.run(fetch()) if partner_ids else {}
+    manifest = staging.Manifest(usage_date, run_id, shard, ctx.run_id, results, sink.files)
+    staging.write_manifest(location, manifest)
+    return manifest
+
+
+def load_shards(
+    ctx: RunContext,
+    usage_date: dt.date,
+    runs: list[ShardRun],
+    left_to_others: Mapping[str, str] | None = None,
+) -> dict[str, ExtractResult]:
+    """Load what the shards of this run staged, in one transaction, and return every
+    partner's extract result. A shard whose run did not complete, or whose manifest is
+    missing or does not match its files, has its partners failed with a reason naming its
+    run; the others are loaded. Loaded shards' files are removed (unless
+    BILLING_STAGING_KEEP_DAYS keeps them), and staged dates past that are pruned."""
+    results: dict[str, ExtractResult] = {}
+    loaded: list[tuple[staging.ShardLocation, staging.Manifest]] = []
+    for run in runs:
+        location = staging.shard_location(
+            ctx.settings.staging_location, usage_date, ctx.run_id, run.shard.number
+        )
+        failure = run.failure
+        if failure is None:
+            try:
+                manifest = staging.read_manifest(location)
+                _check_manifest(manifest, run, usage_date, ctx.run_id)
+            except staging.StagingError as exc:
+                failure = f"staged no usable output: {exc}"
+        if failure is not None:
+            for partner_id in run.shard.partner_ids:
+                results[partner_id] = ExtractResult(partner_id, 0, 0, 0, error=run.reason(failure))
+            continue
+        results.update(manifest.results)
+        loaded.append((location, manifest))
+    with ctx.warehouse() as con:
+        staging.load(con, usage_date, loaded, ctx.run_id)
+    keep = ctx.settings.staging_keep_days
+    if not keep:
+        for location, _ in loaded:
+            staging.remove(location)
+    staging.prune(ctx.settings.staging_location, keep, yesterday_utc())
+    return _with_others(results, left_to_others)
+
+
+def _check_manifest(
+    manifest: staging.Manifest, run: ShardRun, usage_date: dt.date, run_id: str
+) -> None:
+    """The manifest is this shard's, for this run and date, with a result for exactly its
+    partners."""
+    if (manifest.usage_date, manifest.run_id, manifest.shard) != (
+        usage_date,
+        run_id,
+        run.shard.number,
+    ):
+        raise staging.StagingError(
+            f"the manifest is shard {manifest.shard} of run {manifest.run_id} for "
+            f"{manifest.usage_date}, not this one"
+        )
+    asked, got = set(run.shard.partner_ids), set(manifest.results)
+    if asked != got:
+        raise staging.StagingError(
+            f"the manifest's partners differ from the shard's: {len(asked - got)} missing, "
+            f"{len(got - asked)} not asked for"
+        )
 
 
 def evaluate(ctx: RunContext, usage_date: dt.date, partner_ids: list[str]) -> dict[str, Evaluation]:

@@ -43,6 +43,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "bullphish_billing.settings",
             "bullphish_billing.billing_rules",
             "bullphish_billing.extract",
+            "bullphish_billing.staging",
+            "bullphish_billing.shards",
             "bullphish_billing.mappings",
             "bullphish_billing.delivery",
             "bullphish_billing.reconciliation",

@@ -1,0 +1,203 @@
+"""Extract shards staged as Parquet and loaded by the one writer (staging.py, shards.py), against
+the faulty sandbox over loopback: two shards staged and loaded leave the warehouse exactly as an
+in-process extract of the same partners does; a manifest that does not match its files, or no
+manifest, fails the shard's partners by name and loads the others. No Prefect here: the
+extract-shard flow and the orchestration are tested in test_scale_out.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from bullphish_billing import shards, stages, staging
+from bullphish_billing.dates import yesterday_utc
+from bullphish_billing.lease import RunLeases
+from bullphish_billing.results import Decision
+from bullphish_billing.run_context import RunContext
+from bullphish_billing.sandbox import RunningSandbox, SandboxConfig
+from bullphish_billing.settings import load_settings
+from bullphish_billing.shards import ShardRun
+
+FAULTY = SandboxConfig(
+    seed=23, partners=9, short_pages=True, rate_429=0.1, rate_5xx=0.1, malformed_rate=0.02
+)
+DAY = yesterday_utc() - dt.timedelta(days=1)
+
+# what an extract leaves, without the run's id and clock
+TABLES = {
+    "raw.organizations": "* EXCLUDE (run_id)",
+    "raw.targets": "* EXCLUDE (run_id)",
+    "ops.extractions": "* EXCLUDE (run_id, extracted_at)",
+    "ops.quarantine": "* EXCLUDE (run_id, recorded_at)",
+    "ops.normalized_values": "* EXCLUDE (run_id, recorded_at)",
+}
+
+
+def context(run_id: str, **overrides: object) -> RunContext:
+    settings = load_settings(**overrides)
+    return RunContext.start(settings, run_id, RunLeases(settings.warehouse, run_id))
+
+
+def contents(path: Path) -> dict[str, list[tuple]]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return {
+            table: sorted(con.execute(f"SELECT {cols} FROM {table}").fetchall(), key=repr)
+            for table, cols in TABLES.items()
+        }
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> RunningSandbox:
+    with RunningSandbox(FAULTY) as running:
+        yield running
+
+
+def billable(ctx: RunContext) -> list[str]:
+    stages.start(ctx, DAY, dry_run=True)
+    return sorted(
+        d.partner_id for d in stages.list_partners(ctx, DAY) if d.decision == Decision.BILLABLE
+    )
+
+
+def staged_run(ctx: RunContext, partners: list[str], k: int) -> list[ShardRun]:
+    """Stage `partners` in `k` shards of the run (each shard in its own context, as a shard
+    run on another host would be), and return the shard runs as the orchestrator sees them."""
+    planned = stages.plan_shards(ctx, DAY, partners)
+    assert len(planned) == k
+    for shard in planned:
+        shard_ctx = context(
+            f"shard-run-{shard.number}",
+            BILLING_MAX_CONNECTIONS=shard.max_connections,
+            BILLING_STAGING_URL=ctx.settings.staging_location,
+        )
+        stages.extract_shard(
+            shard_ctx, DAY, list(shard.partner_ids), run_id=ctx.run_id, shard=shard.number
+        )
+    return [ShardRun(shard, f"shard-run-{shard.number}") for shard in planned]
+
+
+def test_two_staged_shards_load_exactly_what_an_in_process_extract_writes(
+    sandbox, configure, tmp_path
+):
+    configure(sandbox)
+    in_process = context("in-process", BILLING_WAREHOUSE=tmp_path / "a.duckdb")
+    partners = billable(in_process)
+    assert len(partners) >= 4
+    results = stages.extract(in_process, DAY, partners)
+
+    ctx = context(
+        "sharded",
+        BILLING_WAREHOUSE=tmp_path / "b.duckdb",
+        BILLING_STAGING_URL=str(tmp_path / "st"),
+        BILLING_SHARDS=2,
+    )
+    assert billable(ctx) == partners
+    runs = staged_run(ctx, partners, 2)
+    assert sorted(p for r in runs for p in r.shard.partner_ids) == partners
+    loaded = stages.load_shards(ctx, DAY, runs)
+
+    assert loaded == results
+    a, b = contents(tmp_path / "a.duckdb"), contents(tmp_path / "b.duckdb")
+    assert a["raw.targets"], "the sandbox serves targets"
+    assert a["ops.quarantine"], "the faulty sandbox serves bad records"
+    assert a == b
+    assert not list((tmp_path / "st").rglob("*.parquet")), "loaded files are removed"
+
+    # loading a new staging of the same date replaces the snapshots, as a re-extract does
+    again = staged_run(ctx, partners, 2)
+    stages.load_shards(ctx, DAY, again)
+    assert contents(tmp_path / "b.duckdb") == a
+
+
+def test_a_shard_without_a_usable_manifest_fails_its_partners_by_name_and_the_rest_load(
+    sandbox, configure, tmp_path
+):
+    configure(sandbox)
+    ctx = context(
+        "broken",
+        BILLING_WAREHOUSE=tmp_path / "w.duckdb",
+        BILLING_STAGING_URL=str(tmp_path / "st"),
+        BILLING_SHARDS=3,
+        BILLING_STAGING_KEEP_DAYS=2,
+    )
+    partners = billable(ctx)
+    runs = staged_run(ctx, partners, 3)
+    root = tmp_path / "st" / DAY.isoformat() / "broken"
+    # shard 0: a file changed after it was staged; shard 1: no manifest; shard 2: as staged
+    victim = next((root / "shard-0").glob("part-00000-targets.parquet"))
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    (root / "shard-1" / staging.MANIFEST).unlink()
+
+    results = stages.load_shards(ctx, DAY, runs)
+
+    assert set(results) == set(partners)
+    for run in runs[:2]:
+        for p in run.shard.partner_ids:
+            assert results[p].error.startswith(
+                f"extract shard {run.shard.number} (flow run {run.run_name}) staged no usable "
+            ), results[p].error
+    assert "part-00000-targets.parquet" in results[runs[0].shard.partner_ids[0]].error
+    assert "no manifest.json" in results[runs[1].shard.partner_ids[0]].error
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT partner_id FROM ops.extractions").fetchall()
+        extracted = {p for (p,) in rows}
+    assert extracted == {p for p in runs[2].shard.partner_ids if not results[p].error}
+    assert (root / "shard-2" / staging.MANIFEST).exists(), "BILLING_STAGING_KEEP_DAYS keeps them"
+
+
+def test_a_failed_shard_run_fails_its_partners_with_the_run_named(sandbox, configure, tmp_path):
+    configure(sandbox)
+    ctx = context(
+        "crashed",
+        BILLING_WAREHOUSE=tmp_path / "w.duckdb",
+        BILLING_STAGING_URL=str(tmp_path / "st"),
+        BILLING_SHARDS=2,
+    )
+    partners = billable(ctx)
+    runs = staged_run(ctx, partners, 2)
+    runs[1] = ShardRun(runs[1].shard, "brave-otter", failure="crashed: the worker died")
+    results = stages.load_shards(ctx, DAY, runs)
+    for p in runs[1].shard.partner_ids:
+        assert results[p].error == (
+            "extract shard 1 (flow run brave-otter) crashed: the worker died"
+        )
+    assert all(not results[p].error for p in runs[0].shard.partner_ids if p in results)
+
+
+def test_staging_works_on_any_fsspec_file_system(sandbox, configure, tmp_path):
+    """memory:// stands for s3:// or gs://: DuckDB reads the files through fsspec."""
+    configure(sandbox)
+    ctx = context(
+        "memory",
+        BILLING_WAREHOUSE=tmp_path / "w.duckdb",
+        BILLING_STAGING_URL="memory://staging",
+        BILLING_SHARDS=2,
+    )
+    partners = billable(ctx)
+    runs = staged_run(ctx, partners, 2)
+    results = stages.load_shards(ctx, DAY, runs)
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        n = con.execute("SELECT count(*) FROM ops.extractions").fetchone()[0]
+    assert n == sum(not r.error for r in results.values()) > 0
+
+
+# -- packing (plain) ---------------------------------------------------------------------------
+def test_pack_balances_partners_by_their_last_size():
+    sizes = {"a": 100, "b": 60, "c": 50, "d": 10}
+    packed = shards.pack(["a", "b", "c", "d"], 2, sizes, max_connections=8)
+    assert [s.partner_ids for s in packed] == [("a", "d"), ("b", "c")]
+    assert [s.weight for s in packed] == [110, 110]
+    assert [s.max_connections for s in packed] == [4, 4]
+
+
+def test_pack_without_history_deals_round_robin_and_never_makes_an_empty_shard():
+    packed = shards.pack(["p1", "p2", "p3", "p4", "p5"], 2, {}, max_connections=8)
+    assert [s.partner_ids for s in packed] == [("p1", "p3", "p5"), ("p2", "p4")]
+    assert len(shards.pack(["p1"], 4, {}, max_connections=8)) == 1
+    assert [s.max_connections for s in shards.pack(["p1", "p2", "p3"], 8, {}, 2)] == [1, 1]
