@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean check-ui check-deployments
+.PHONY: demo test test-fast lint bench clean check-ui check-deployments check-scale-out
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -41,6 +41,12 @@ check-ui: $(STAMP)
 # (tests/integration/test_deployments.py).
 check-deployments: $(STAMP)
 	$(BIN)/python scripts/check_deployments.py
+
+# Extract shards on Prefect workers (README "Scaling out"): `prefect server start`, two shard
+# workers, BILLING_SHARDS=2 against BILLING_SHARDS=1 and the oracle, a shard host killed
+# mid-extract. Offline, about two minutes; `test` runs it too (tests/integration/test_scale_out.py).
+check-scale-out: $(STAMP)
+	$(BIN)/python scripts/check_scale_out.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -192,6 +192,15 @@ class Settings(BaseSettings):
         "end, never past the run's deadline); a shard not done by then has its partners "
         "failed, named, and billed by the next run.",
     )
+    shard_silence_s: float = Field(
+        60.0,
+        alias="BILLING_SHARD_SILENCE_S",
+        gt=0,
+        description="A running extract shard rewrites a sign of life in its staging directory "
+        "every 2 s; one whose sign stops moving this long is taken for dead (its host or "
+        "worker died, which Prefect cannot see): its run is marked Crashed and its partners "
+        "failed, for the next run to bill.",
+    )
     analytics_file: Path | None = Field(
         None,
         alias="BILLING_ANALYTICS_FILE",

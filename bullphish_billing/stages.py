@@ -215,7 +215,8 @@ def extract_shard(
     """Shard `shard` of run `run_id`: extract the partners exactly as `extract` does, but into
     Parquet files under BILLING_STAGING_URL, then write the manifest, last. The shard never
     opens the warehouse (it may run on another host); what an earlier attempt of it staged is
-    removed first."""
+    removed first. While it extracts it beats (`staging.Heartbeat`), so that the run waiting
+    for it can tell a slow shard from a dead one."""
     location = staging.shard_location(ctx.settings.staging_location, usage_date, run_id, shard)
     staging.remove(location)
     sink = staging.StagingSink(location)
@@ -224,7 +225,8 @@ def extract_shard(
         async with ctx.bullphish() as client:
             return await _extract(ctx, client, sink, usage_date, partner_ids)
 
-    results = asyncio.run(fetch()) if partner_ids else {}
+    with staging.Heartbeat(location):
+        results = asyncio.run(fetch()) if partner_ids else {}
     manifest = staging.Manifest(usage_date, run_id, shard, ctx.run_id, results, sink.files)
     staging.write_manifest(location, manifest)
     return manifest

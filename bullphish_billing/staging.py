@@ -17,9 +17,12 @@ system), laid out as `{staging}/{usage_date}/{run_id}/shard-{n}/`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
+import threading
+import time
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 
@@ -155,6 +158,50 @@ class StagingSink:
             self.files.append(
                 StagedFile(part, name, table.num_rows, len(data), hashlib.sha256(data).hexdigest())
             )
+
+
+SIGN_OF_LIFE = "alive"
+
+
+class Heartbeat:
+    """While a shard extracts, its sign of life: a counter rewritten every `every_s` seconds
+    in the shard's directory, by a daemon thread. The orchestrator, on another host, sees the
+    shard alive while the counter moves (`sign_of_life`), whatever the two hosts' clocks say;
+    a shard whose host or worker died stops moving it."""
+
+    def __init__(self, location: ShardLocation, every_s: float = 2.0) -> None:
+        self.location = location
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="shard-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        beat = 0
+        while True:
+            beat += 1
+            with contextlib.suppress(OSError):  # a missed beat is no failure of the shard
+                self.location.fs.pipe_file(
+                    self.location.path(SIGN_OF_LIFE), f"{beat} {time.time():.0f}".encode()
+                )
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        self.location.fs.makedirs(self.location.root, exist_ok=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def sign_of_life(location: ShardLocation) -> str | None:
+    """The shard's last heartbeat as written (None before its first)."""
+    try:
+        return location.fs.cat_file(location.path(SIGN_OF_LIFE)).decode()
+    except (FileNotFoundError, OSError):
+        return None
 
 
 def write_manifest(location: ShardLocation, manifest: Manifest) -> None:

@@ -27,7 +27,7 @@ from bullphish_billing.errors import UserError
 from bullphish_billing.results import Decision, RunSummary
 from bullphish_billing.run_context import RunContext
 from bullphish_billing.settings import load_settings
-from tasks import billing
+from tasks import billing, shards
 
 
 # The per-partner report tasks are mapped: a few threads keep the Prefect API busy, more
@@ -130,6 +130,8 @@ def _bill(
     leases = ctx.leases
     # configuration and input problems surface here, before any work (exit 2)
     stages.start(ctx, day, dry_run)
+    if ctx.settings.shards > 1:
+        shards.require_shard_deployment(ctx.settings.shards)
 
     def waiting(key: lease.Key, holder: str) -> None:
         log.warning("waiting for the %s: %s is billing it", key, holder)
@@ -150,7 +152,10 @@ def _bill(
     earlier = None
     if not dry_run:
         earlier = billing.deliver_pending(ctx)  # rule 9: what a crash left first
-    extracts = billing.extract(ctx, day, billable, busy)
+    if ctx.settings.shards > 1 and billable:  # scale-out: README "Scaling out"
+        extracts = shards.extract_in_shards(ctx, day, billable, busy)
+    else:
+        extracts = billing.extract(ctx, day, billable, busy)
     extracted = [p for p, r in extracts.items() if not r.error]
     evaluations = billing.evaluate(ctx, day, sorted(extracted))
     computed = sorted(p for p, e in evaluations.items() if not e.held)

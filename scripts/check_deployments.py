@@ -1,10 +1,11 @@
 """Check the Prefect deployments end to end, offline: `make check-deployments`.
 
 1. starts `prefect server start` on a free port, with a temporary PREFECT_HOME;
-2. creates the process work pool and runs `prefect deploy --all` from the checkout;
-3. checks that both deployments are registered as prefect.yaml says (daily-billing on
+2. creates the process work pools and runs `prefect deploy --all` from the checkout;
+3. checks that the deployments are registered as prefect.yaml says (daily-billing on
    cron `0 2 * * *` in UTC with its default parameters, backfill with no schedule, both
-   with the explicit pull step);
+   with the explicit pull step; extract-shard on its own pool, scripts/check_scale_out.py
+   runs it);
 4. starts the sandbox APIs and a process worker, runs the backfill deployment for two dates
    with `prefect deployment run`, waits for it, and checks that it completed, that each date
    ran as a daily-billing subflow, and that KaseyaOne's sandbox holds what was billed;
@@ -15,132 +16,50 @@ Exit code 0 when every check passed, 1 otherwise.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from prefect_stack import (
+    BIN,
+    ROOT,
+    Checks,
+    free_port,
+    prefect_env,
+    run,
+    say,
+    start,
+    start_server,
+    stop,
+    tail,
+)
+
 POOL = "bullphish-billing"
-SERVER_TIMEOUT_S = 150
+SHARD_POOL = "bullphish-shards"
 RUN_TIMEOUT_S = 240
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def say(text: str) -> None:
-    print(f"check-deployments: {text}", flush=True)
-
-
-class Checks:
-    def __init__(self) -> None:
-        self.failures: list[str] = []
-
-    def expect(self, ok: bool, what: str) -> bool:
-        say(f"{'ok  ' if ok else 'FAIL'} {what}")
-        if not ok:
-            self.failures.append(what)
-        return ok
-
-
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """A background process in its own session (so that its children stop with it)."""
-    out = log.open("wb")
-    return subprocess.Popen(
-        args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the process and its children
-        proc.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
-def run(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.5)
-    return False
-
-
-def tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def main() -> int:
     checks = Checks()
     work = Path(tempfile.mkdtemp(prefix="bpb-check-deployments-"))
     port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PREFECT_", "BULLPHISH_", "KASEYAONE_", "BILLING_"))
-    }
-    env |= {
-        "PREFECT_HOME": str(work / "prefect-home"),
-        "PREFECT_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    # this process talks to the same server (deployment and flow-run checks)
-    os.environ.update({k: env[k] for k in ("PREFECT_HOME", "PREFECT_API_URL")})
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env = prefect_env(work, port)
 
     server = worker = None
     sandbox = None
     prefect = str(BIN / "prefect")
     try:
-        say(f"starting `prefect server start` on 127.0.0.1:{port} (PREFECT_HOME in {work})")
-        server = start(
-            [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env,
-            work / "server.log",
-        )
-        if not checks.expect(wait_healthy(api, server, SERVER_TIMEOUT_S), "the server answers"):
-            print(tail(work / "server.log"))
+        server = start_server(checks, env, work, port)
+        if checks.failures:
             return 1
 
-        made = run([prefect, "work-pool", "create", POOL, "--type", "process"], env)
-        checks.expect(made.returncode == 0, f"work pool {POOL} (process) created")
+        for pool in (POOL, SHARD_POOL):
+            made = run([prefect, "work-pool", "create", pool, "--type", "process"], env)
+            checks.expect(made.returncode == 0, f"work pool {pool} (process) created")
         deployed = run([prefect, "--no-prompt", "deploy", "--all"], env, timeout=180)
         if not checks.expect(deployed.returncode == 0, "`prefect deploy --all` succeeded"):
             print(deployed.stdout[-3000:], deployed.stderr[-3000:])
@@ -203,6 +122,7 @@ def check_registered(checks: Checks) -> None:
     with get_client(sync_client=True) as client:
         daily = client.read_deployment_by_name("daily-billing/daily-billing")
         backfill = client.read_deployment_by_name("backfill/backfill")
+        shard = client.read_deployment_by_name("extract-shard/extract-shard")
     crons = [
         (getattr(s.schedule, "cron", None), getattr(s.schedule, "timezone", None), s.active)
         for s in daily.schedules
@@ -220,6 +140,10 @@ def check_registered(checks: Checks) -> None:
         step = pull[0].get("prefect.deployments.steps.set_working_directory", {}) if pull else {}
         checks.expect(bool(step.get("directory")), f"{deployment.name}: explicit pull step {pull}")
         checks.expect(deployment.work_pool_name == POOL, f"{deployment.name} on pool {POOL}")
+    checks.expect(
+        shard.work_pool_name == SHARD_POOL and not shard.schedules,
+        f"extract-shard on pool {SHARD_POOL}, no schedule",
+    )
 
 
 def check_run(checks, begin, end, sandbox, worker, work: Path) -> None:

@@ -201,3 +201,22 @@ def test_pack_without_history_deals_round_robin_and_never_makes_an_empty_shard()
     assert [s.partner_ids for s in packed] == [("p1", "p3", "p5"), ("p2", "p4")]
     assert len(shards.pack(["p1"], 4, {}, max_connections=8)) == 1
     assert [s.max_connections for s in shards.pack(["p1", "p2", "p3"], 8, {}, 2)] == [1, 1]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_shards_without_the_extract_shard_deployment_end_the_run_at_start(
+    sandbox, configure, tmp_path
+):
+    """BILLING_SHARDS > 1 on a Prefect server that lacks the deployment: one line, before any
+    partner is extracted or anything sent."""
+    from flows.daily_billing import daily_billing
+
+    configure(sandbox, BILLING_SHARDS=2, BILLING_STAGING_URL=str(tmp_path / "st"))
+    sent = len(sandbox.kaseyaone.sends())
+    state = daily_billing(usage_date=DAY, return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith(
+        "BILLING_SHARDS=2 needs the extract-shard/extract-shard deployment on this Prefect server"
+    ), state.message
+    assert len(sandbox.kaseyaone.sends()) == sent
+    assert not (tmp_path / "st").exists()
