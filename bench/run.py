@@ -108,19 +108,29 @@ class Sandbox:
         stop(self.process)
 
 
-def _env(sandbox: Sandbox, api_url: str, prefect_home: Path, warehouse: Path) -> dict[str, str]:
-    return os.environ | {
-        "PREFECT_API_URL": api_url,
-        "PREFECT_HOME": str(prefect_home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-        "BULLPHISH_API_URL": sandbox.bullphish_url,
-        "BULLPHISH_API_TOKEN": TOKEN,
-        "KASEYAONE_API_URL": sandbox.kaseyaone_url,
-        "KASEYAONE_CLIENT_ID": CLIENT_ID,
-        "KASEYAONE_CLIENT_SECRET": CLIENT_SECRET,
-        "BILLING_WAREHOUSE": str(warehouse),
-    }
+def _env(
+    sandbox: Sandbox,
+    api_url: str,
+    prefect_home: Path,
+    warehouse: Path,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    return (
+        os.environ
+        | {
+            "PREFECT_API_URL": api_url,
+            "PREFECT_HOME": str(prefect_home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "BULLPHISH_API_URL": sandbox.bullphish_url,
+            "BULLPHISH_API_TOKEN": TOKEN,
+            "KASEYAONE_API_URL": sandbox.kaseyaone_url,
+            "KASEYAONE_CLIENT_ID": CLIENT_ID,
+            "KASEYAONE_CLIENT_SECRET": CLIENT_SECRET,
+            "BILLING_WAREHOUSE": str(warehouse),
+        }
+        | (extra or {})
+    )
 
 
 def _stage_spans(api_url: str, flow_run_id: str) -> dict[str, tuple[dt.datetime, dt.datetime]]:
@@ -182,6 +192,7 @@ def _run_child(
     server_pid: int,
     command: list[str],
     out: Path,
+    extra_env: dict[str, str] | None = None,
 ) -> dict:
     """A flow in a child process that writes its own figures to `out`, with the wall time and
     the CPU the sandbox and the Prefect server spent meanwhile."""
@@ -190,7 +201,7 @@ def _run_child(
     start = time.perf_counter()
     subprocess.run(
         command,
-        env=_env(sandbox, api_url, home, warehouse),
+        env=_env(sandbox, api_url, home, warehouse, extra_env),
         check=True,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -211,12 +222,14 @@ def run_flow(
     day: dt.date,
     server_pid: int,
     prefix: list[str] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> dict:
-    """The flow in a child process (`prefix`: a command that runs it, e.g. a profiler)."""
+    """The flow in a child process (`prefix`: a command that runs it, e.g. a profiler;
+    `extra_env`: settings of that run, such as BILLING_SHARDS)."""
     warehouse = work / f"warehouse-{sandbox.bullphish_port}.duckdb"
     out = work / f"flow-{sandbox.bullphish_port}.json"
     command = [*(prefix or []), sys.executable, "-m", "bench.flow_child", day.isoformat(), str(out)]
-    result = _run_child(sandbox, api_url, home, warehouse, server_pid, command, out)
+    result = _run_child(sandbox, api_url, home, warehouse, server_pid, command, out, extra_env)
     spans = _stage_spans(api_url, result["flow_run_id"])
     result["stages"] = {
         stage: (end - start).total_seconds() for stage, (start, end) in spans.items()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import resource
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -225,9 +226,14 @@ def extract_shard(
         async with ctx.bullphish() as client:
             return await _extract(ctx, client, sink, usage_date, partner_ids)
 
+    started = time.monotonic()
     with staging.Heartbeat(location):
         results = asyncio.run(fetch()) if partner_ids else {}
-    manifest = staging.Manifest(usage_date, run_id, shard, ctx.run_id, results, sink.files)
+    stats = {
+        "seconds": round(time.monotonic() - started, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    manifest = staging.Manifest(usage_date, run_id, shard, ctx.run_id, results, sink.files, stats)
     staging.write_manifest(location, manifest)
     return manifest
 

@@ -72,6 +72,7 @@ class Manifest:
     shard_run_id: str
     results: dict[str, ExtractResult] = field(default_factory=dict)
     files: list[StagedFile] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)  # the shard's seconds, peak RSS
 
     @property
     def extracted(self) -> list[str]:
@@ -88,6 +89,7 @@ class Manifest:
                 "shard_run_id": self.shard_run_id,
                 "results": [asdict(r) for r in self.results.values()],
                 "files": [asdict(f) for f in self.files],
+                "stats": self.stats,
             },
             indent=1,
         )
@@ -104,6 +106,7 @@ class Manifest:
             shard_run_id=data["shard_run_id"],
             results={r["partner_id"]: ExtractResult(**r) for r in data["results"]},
             files=[StagedFile(**f) for f in data["files"]],
+            stats=data.get("stats", {}),
         )
 
 
@@ -282,7 +285,7 @@ def prune(staging_url: str, keep_days: int, today: dt.date) -> list[str]:
     if not fs.exists(root):
         return []
     removed = []
-    for entry in fs.ls(root, detail=False):
+    for entry in sorted(fs.ls(root, detail=False)):
         name = entry.rstrip("/").rsplit("/", 1)[-1]
         try:
             day = dt.date.fromisoformat(name)

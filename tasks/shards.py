@@ -89,7 +89,15 @@ def extract_in_shards(
     for outcome in outcomes:
         if outcome.failure:
             log.error("%s", outcome.reason(outcome.failure))
-    return stages.load_shards(ctx, usage_date, outcomes, left_to_others)
+    started = time.monotonic()
+    results = stages.load_shards(ctx, usage_date, outcomes, left_to_others)
+    log.info(
+        "checked and loaded what %d of %d shard(s) staged in %.2f s",
+        sum(o.failure is None for o in outcomes),
+        len(outcomes),
+        time.monotonic() - started,
+    )
+    return results
 
 
 def _start(ctx: RunContext, usage_date: dt.date, shard: Shard) -> _Watched:

@@ -8,6 +8,7 @@ extract-shard flow and the orchestration are tested in test_scale_out.py.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import duckdb
@@ -187,6 +188,23 @@ def test_staging_works_on_any_fsspec_file_system(sandbox, configure, tmp_path):
     assert n == sum(not r.error for r in results.values()) > 0
 
 
+def test_prune_removes_the_staged_dates_past_the_days_kept_and_nothing_else(tmp_path):
+    today = dt.date(2026, 12, 3)
+    for n in range(5):
+        (tmp_path / (today - dt.timedelta(days=n)).isoformat() / "run" / "shard-0").mkdir(
+            parents=True
+        )
+    (tmp_path / "not-a-date").mkdir()
+    removed = staging.prune(str(tmp_path), 2, today)
+    assert removed == ["2026-11-29", "2026-11-30"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "2026-12-01",
+        "2026-12-02",
+        "2026-12-03",
+        "not-a-date",
+    ]
+
+
 # -- packing (plain) ---------------------------------------------------------------------------
 def test_pack_balances_partners_by_their_last_size():
     sizes = {"a": 100, "b": 60, "c": 50, "d": 10}
@@ -220,3 +238,48 @@ def test_shards_without_the_extract_shard_deployment_end_the_run_at_start(
     ), state.message
     assert len(sandbox.kaseyaone.sends()) == sent
     assert not (tmp_path / "st").exists()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_shard_no_worker_takes_is_given_up_after_the_timeout_and_its_partners_failed(
+    sandbox, configure, tmp_path
+):
+    """The extract-shard deployment exists but no worker serves its pool: after
+    BILLING_SHARD_TIMEOUT_S the run cancels the shard runs, fails their partners naming each
+    run, and goes on (exit 1, nothing extracted, nothing staged left behind)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from flows.daily_billing import daily_billing
+    from flows.extract_shard import extract_shard
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="bullphish-shards", type="process"))
+    deployment = extract_shard.to_deployment(
+        name="extract-shard", work_pool_name="bullphish-shards"
+    )
+    deployment.apply()
+
+    configure(
+        sandbox,
+        BILLING_SHARDS=2,
+        BILLING_STAGING_URL=str(tmp_path / "st"),
+        BILLING_SHARD_TIMEOUT_S=3,
+    )
+    state = daily_billing(usage_date=DAY, return_state=True)
+    summary = state.result(raise_on_failure=False)
+    assert state.is_failed() and summary.exit_code == 1
+    failed = {o.partner_id: o.reason for o in summary.outcomes if o.status == "failed"}
+    billable = {o.partner_id for o in summary.outcomes if o.status != "skipped"}
+    assert failed and set(failed) == billable
+    for reason in failed.values():
+        assert re.fullmatch(
+            r"extract shard [01] \(flow run extract-shard-\S+-[01]\) did not finish within 3 s "
+            r"\(BILLING_SHARD_TIMEOUT_S=3, or the run's deadline\)",
+            reason,
+        ), reason
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+    mine = f"extract-shard-{DAY.isoformat()}-"
+    shard_states = {r.name: r.state.type.value for r in runs if r.name.startswith(mine)}
+    assert set(shard_states.values()) == {"CANCELLED"}, shard_states
