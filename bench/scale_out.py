@@ -77,6 +77,9 @@ def measure(scale: Scale, shards: int, work: Path) -> dict:
         sandbox = Sandbox(scale)
         try:
             fetch_floor(sandbox.bullphish_url, TOKEN, day)  # fills the sandbox's cache
+            results["fetch_floor_seconds"] = fetch_floor(sandbox.bullphish_url, TOKEN, day)[
+                "seconds"
+            ]
             staging_root = work / "staging"
             extra = {
                 "BILLING_STAGING_URL": str(staging_root),
@@ -140,7 +143,8 @@ def report(results: dict) -> str:
     one, many = results["k1"], results[f"k{k}"]
     targets_m = scale["targets"] / 1e6
     lines = [
-        f"scale {scale['name']}: {scale['targets']:,} targets; BILLING_SHARDS=1 against {k}",
+        f"scale {scale['name']}: {scale['targets']:,} targets; BILLING_SHARDS=1 against {k}; "
+        f"fetch floor {results.get('fetch_floor_seconds', 0):.2f} s",
         f"  wall time:        {one['wall_seconds']:.2f} s  against {many['wall_seconds']:.2f} s "
         f"({many['wall_seconds'] / one['wall_seconds']:.2f}x)",
         f"  extract stage:    {one['stages'].get('extract', 0):.2f} s  against "
@@ -151,7 +155,8 @@ def report(results: dict) -> str:
     for n, stats in enumerate(many.get("shards", [])):
         lines.append(
             f"  shard {n}:          {stats.get('seconds', 0):.2f} s extracting, peak RSS "
-            f"{stats.get('peak_rss_mb', 0):.0f} MB"
+            f"{stats.get('peak_rss_mb', 0):.0f} MB, CPU {stats.get('cpu_seconds', 0):.1f} s "
+            "(its process's, imports included)"
         )
     if "staged_bytes" in many:
         alone = many["load_alone"]

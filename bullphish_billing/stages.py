@@ -229,9 +229,11 @@ def extract_shard(
     started = time.monotonic()
     with staging.Heartbeat(location):
         results = asyncio.run(fetch()) if partner_ids else {}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     stats = {
         "seconds": round(time.monotonic() - started, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),  # the process's, in all
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
     }
     manifest = staging.Manifest(usage_date, run_id, shard, ctx.run_id, results, sink.files, stats)
     staging.write_manifest(location, manifest)
