@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from prefect_stack import (
     BIN,
     ROOT,
     Checks,
+    deploy_all,
     free_port,
     prefect_env,
     run,
@@ -36,10 +36,12 @@ from prefect_stack import (
     start_server,
     stop,
     tail,
+    verdict,
 )
+from sandbox_env import sandbox_env
 
 POOL = "bullphish-billing"
-SHARD_POOL = "bullphish-shards"
+SHARD_POOL = "bullphish-shards"  # extract-shard's: check_scale_out.py runs it
 RUN_TIMEOUT_S = 240
 
 
@@ -57,12 +59,7 @@ def main() -> int:
         if checks.failures:
             return 1
 
-        for pool in (POOL, SHARD_POOL):
-            made = run([prefect, "work-pool", "create", pool, "--type", "process"], env)
-            checks.expect(made.returncode == 0, f"work pool {pool} (process) created")
-        deployed = run([prefect, "--no-prompt", "deploy", "--all"], env, timeout=180)
-        if not checks.expect(deployed.returncode == 0, "`prefect deploy --all` succeeded"):
-            print(deployed.stdout[-3000:], deployed.stderr[-3000:])
+        if not deploy_all(checks, env):
             return 1
         check_registered(checks)
 
@@ -71,16 +68,11 @@ def main() -> int:
 
         sandbox = RunningSandbox(SandboxConfig(today=today_utc()))
         sandbox.start()
-        c = sandbox.config
-        run_env = env | {
-            "BULLPHISH_API_URL": sandbox.bullphish_url,
-            "BULLPHISH_API_TOKEN": c.bullphish_token,
-            "KASEYAONE_API_URL": sandbox.kaseyaone_url,
-            "KASEYAONE_CLIENT_ID": c.kaseyaone_client_id,
-            "KASEYAONE_CLIENT_SECRET": c.kaseyaone_client_secret,
-            "BILLING_WAREHOUSE": str(work / "data" / "warehouse.duckdb"),
-            "BULLPHISH_BILLING_HOME": str(ROOT),
-        }
+        run_env = (
+            env
+            | sandbox_env(sandbox, work / "data" / "warehouse.duckdb")
+            | {"BULLPHISH_BILLING_HOME": str(ROOT)}
+        )
         say("starting a process worker")
         worker = start(
             [prefect, "worker", "start", "--pool", POOL, "--type", "process", "--limit", "1"],
@@ -107,13 +99,7 @@ def main() -> int:
         stop(server)
         if sandbox is not None:
             sandbox.stop()
-        if not checks.failures:
-            subprocess.run(["rm", "-rf", str(work)], check=False)
-        else:
-            say(f"logs kept in {work}")
-    verdict = "PASS" if not checks.failures else f"FAIL ({len(checks.failures)} check(s))"
-    say(f"verdict: {verdict}")
-    return 0 if not checks.failures else 1
+    return verdict(checks, work)
 
 
 def check_registered(checks: Checks) -> None:

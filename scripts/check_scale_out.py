@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import duckdb
@@ -35,18 +34,17 @@ from prefect_stack import (
     BIN,
     ROOT,
     Checks,
+    deploy_all,
     free_port,
     prefect_env,
-    run,
     say,
     start,
     start_server,
     stop,
     tail,
+    verdict,
 )
-
-sys.path.insert(0, str(ROOT / "tests"))
-from oracle import expected_billing, expected_in_kaseyaone  # noqa: E402
+from sandbox_env import sandbox_env, sends_per_key, stored
 
 SHARD_POOL = "bullphish-shards"
 RUN_TIMEOUT_S = 150
@@ -69,16 +67,10 @@ def sandbox_config(today: dt.date):
 
 
 def pipeline_env(env: dict[str, str], sandbox, work: Path, name: str, **extra: object) -> dict:
-    c = sandbox.config
     return (
         env
+        | sandbox_env(sandbox, work / name / "warehouse.duckdb")
         | {
-            "BULLPHISH_API_URL": sandbox.bullphish_url,
-            "BULLPHISH_API_TOKEN": c.bullphish_token,
-            "KASEYAONE_API_URL": sandbox.kaseyaone_url,
-            "KASEYAONE_CLIENT_ID": c.kaseyaone_client_id,
-            "KASEYAONE_CLIENT_SECRET": c.kaseyaone_client_secret,
-            "BILLING_WAREHOUSE": str(work / name / "warehouse.duckdb"),
             "BILLING_STAGING_URL": str(work / "staging"),
             "BILLING_HTTP_DEADLINE_S": "30",
             "BULLPHISH_BILLING_HOME": str(ROOT),
@@ -105,15 +97,8 @@ def finished(proc: subprocess.Popen, work: Path, label: str, checks: Checks) -> 
     return code
 
 
-def stored(sandbox, day: dt.date) -> dict[tuple[str, str, str], int]:
-    return {
-        (m["partner_id"], m["organization_id"], m["billing_type"]): m["units"]
-        for m in sandbox.kaseyaone.stored(usage_date=day)
-    }
-
-
 def applied_once(sandbox) -> bool:
-    counts = Counter(r.idempotency_key for r in sandbox.kaseyaone.sends())
+    counts = sends_per_key(sandbox)
     return bool(counts) and max(counts.values()) == 1
 
 
@@ -168,13 +153,10 @@ def main() -> int:
         server = start_server(checks, env, work, port)
         if checks.failures:
             return 1
-        for pool in ("bullphish-billing", SHARD_POOL):
-            made = run([prefect, "work-pool", "create", pool, "--type", "process"], env)
-            checks.expect(made.returncode == 0, f"work pool {pool} (process) created")
-        deployed = run([prefect, "--no-prompt", "deploy", "--all"], env, timeout=180)
-        if not checks.expect(deployed.returncode == 0, "`prefect deploy --all` succeeded"):
-            print(deployed.stdout[-3000:], deployed.stderr[-3000:])
+        if not deploy_all(checks, env):
             return 1
+
+        from oracle import expected_billing, expected_in_kaseyaone
 
         from bullphish_billing.dates import today_utc, yesterday_utc
         from bullphish_billing.sandbox import RunningSandbox
@@ -226,16 +208,12 @@ def main() -> int:
         stop(server)
         for sandbox in sandboxes:
             sandbox.stop()
-        if not checks.failures:
-            subprocess.run(["rm", "-rf", str(work)], check=False)
-        else:
-            say(f"logs kept in {work}")
-    verdict = "PASS" if not checks.failures else f"FAIL ({len(checks.failures)} check(s))"
-    say(f"verdict: {verdict}")
-    return 0 if not checks.failures else 1
+    return verdict(checks, work)
 
 
 def check_worker_killed(checks, work, shard_env, sandbox, workers, start_worker, first_day):
+    from oracle import expected_billing, expected_in_kaseyaone
+
     day = first_day - dt.timedelta(days=1)
     env = shard_env | {"BILLING_SHARD_SILENCE_S": "6"}
     say(f"billing {day} with BILLING_SHARDS=2, and killing a shard worker mid-extract")

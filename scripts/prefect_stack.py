@@ -16,6 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SERVER_TIMEOUT_S = 150
+POOLS = ("bullphish-billing", "bullphish-shards")
+
+sys.path.insert(0, str(ROOT / "tests"))  # the sandbox helpers and the oracle of the tests
 
 
 def say(text: str) -> None:
@@ -121,3 +124,27 @@ def start_server(checks: Checks, env: dict[str, str], work: Path, port: int) -> 
     ):
         print(tail(work / "server.log"))
     return server
+
+
+def deploy_all(checks: Checks, env: dict[str, str]) -> bool:
+    """Both process work pools, then `prefect deploy --all` from the checkout (checks)."""
+    prefect = str(BIN / "prefect")
+    for pool in POOLS:
+        made = run([prefect, "work-pool", "create", pool, "--type", "process"], env)
+        checks.expect(made.returncode == 0, f"work pool {pool} (process) created")
+    deployed = run([prefect, "--no-prompt", "deploy", "--all"], env, timeout=180)
+    if not checks.expect(deployed.returncode == 0, "`prefect deploy --all` succeeded"):
+        print(deployed.stdout[-3000:], deployed.stderr[-3000:])
+        return False
+    return True
+
+
+def verdict(checks: Checks, work: Path) -> int:
+    """Remove `work` if every check passed (else say where its logs are); print the verdict
+    and return the exit code."""
+    if not checks.failures:
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+    else:
+        say(f"logs kept in {work}")
+    say(f"verdict: {'PASS' if not checks.failures else f'FAIL ({len(checks.failures)} check(s))'}")
+    return 0 if not checks.failures else 1

@@ -102,3 +102,17 @@ def sends_per_key(sandbox: RunningSandbox) -> Counter:
 def sends_per_partner_date(sandbox: RunningSandbox) -> Counter:
     """How many batches changed KaseyaOne's store, per (partner, usage date)."""
     return Counter((r.body["partner_id"], r.body["usage_date"]) for r in sandbox.kaseyaone.sends())
+
+
+def passes_check(script: str) -> None:
+    """Run scripts/<script>.py (a `make check-...` target) with no Prefect setting of this
+    process, and fail the test unless every one of its checks passed."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{script}.py"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    result = subprocess.run(
+        [sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert f"{script.replace('_', '-')}: verdict: PASS" in result.stdout, out
+    assert "FAIL" not in result.stdout, out
