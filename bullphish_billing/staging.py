@@ -234,12 +234,15 @@ def read_manifest(location: ShardLocation) -> Manifest:
                 while chunk := f.read(_CHUNK):
                     digest.update(chunk)
                     size += len(chunk)
-            with fs.open(path, "rb") as f:
-                rows = pq.read_metadata(f).num_rows
         except FileNotFoundError:
             raise StagingError(f"{staged.name} of {location.root} is missing") from None
         if size != staged.bytes or digest.hexdigest() != staged.sha256:
             raise StagingError(f"{staged.name} of {location.root} is not the file staged")
+        try:
+            with fs.open(path, "rb") as f:
+                rows = pq.read_metadata(f).num_rows
+        except (OSError, pa.ArrowException) as exc:  # the checksum matched: written so
+            raise StagingError(f"{staged.name} of {location.root} is no Parquet: {exc}") from None
         if rows != staged.rows:
             raise StagingError(f"{staged.name} holds {rows} rows, the manifest says {staged.rows}")
     return manifest
