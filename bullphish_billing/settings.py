@@ -181,8 +181,8 @@ class Settings(BaseSettings):
         alias="BILLING_STAGING_KEEP_DAYS",
         ge=0,
         le=3650,
-        description="Keep a shard's staged files this many days after they are loaded (for "
-        "audit); 0 removes them once loaded.",
+        description="Keep a shard's staged files this many days after the run loaded them "
+        "or gave up on them (for audit); 0 removes them then.",
     )
     shard_timeout_s: float = Field(
         3600.0,

@@ -31,7 +31,7 @@ from bullphish_billing import (
     target_fates,
 )
 from bullphish_billing.clients import BullPhishClient, FinalApiError
-from bullphish_billing.dates import yesterday_utc
+from bullphish_billing.dates import today_utc, yesterday_utc
 from bullphish_billing.errors import ConfigurationError, UnknownPartnerError
 from bullphish_billing.extract import (
     ExtractResult,
@@ -249,14 +249,17 @@ def load_shards(
     """Load what the shards of this run staged, in one transaction, and return every
     partner's extract result. A shard whose run did not complete, or whose manifest is
     missing or does not match its files, has its partners failed with a reason naming its
-    run; the others are loaded. Loaded shards' files are removed (unless
-    BILLING_STAGING_KEEP_DAYS keeps them), and staged dates past that are pruned."""
+    run; the others are loaded. Then the shards' files are removed, or with
+    BILLING_STAGING_KEEP_DAYS marked judged today and kept that many days (`staging.prune`
+    removes the older ones, and never a shard of a run still at work)."""
     results: dict[str, ExtractResult] = {}
     loaded: list[tuple[staging.ShardLocation, staging.Manifest]] = []
+    locations = []
     for run in runs:
         location = staging.shard_location(
             ctx.settings.staging_location, usage_date, ctx.run_id, run.shard.number
         )
+        locations.append(location)
         failure = run.failure
         if failure is None:
             try:
@@ -273,10 +276,13 @@ def load_shards(
     with ctx.warehouse() as con:
         staging.load(con, usage_date, loaded, ctx.run_id)
     keep = ctx.settings.staging_keep_days
-    if not keep:
-        for location, _ in loaded:
+    for location in locations:
+        if keep:
+            staging.mark_judged(location, today_utc())
+        else:
             staging.remove(location)
-    staging.prune(ctx.settings.staging_location, keep, yesterday_utc())
+    if keep:
+        staging.prune(ctx.settings.staging_location, keep, today_utc())
     return _with_others(results, left_to_others)
 
 

@@ -281,22 +281,32 @@ def remove(location: ShardLocation) -> None:
         location.fs.rm(location.root, recursive=True)
 
 
+JUDGED = "judged"
+
+
+def mark_judged(location: ShardLocation, day: dt.date) -> None:
+    """Record that the run has loaded (or given up on) the shard, on `day` (UTC): from then
+    on its files are kept only for audit, and `prune` may remove them."""
+    if location.fs.exists(location.root):
+        location.fs.pipe_file(location.path(JUDGED), day.isoformat().encode())
+
+
 def prune(staging_url: str, keep_days: int, today: dt.date) -> list[str]:
-    """Remove the staged usage dates older than `keep_days` days before `today` (the audit
-    copies BILLING_STAGING_KEEP_DAYS keeps); return the dates removed."""
+    """Remove the shard directories judged more than `keep_days` days before `today` (the
+    audit copies BILLING_STAGING_KEEP_DAYS keeps); return them. A shard directory without the
+    mark belongs to a run still at work (a backfill's other date, another run) and is left
+    alone, whatever its usage date."""
     fs, root = staging_root(staging_url)
-    if not fs.exists(root):
-        return []
     removed = []
-    for entry in sorted(fs.ls(root, detail=False)):
-        name = entry.rstrip("/").rsplit("/", 1)[-1]
+    for mark in sorted(fs.glob(f"{root}/*/*/shard-*/{JUDGED}")):
+        directory = mark.rsplit("/", 1)[0]
         try:
-            day = dt.date.fromisoformat(name)
-        except ValueError:
-            continue  # not ours
-        if day < today - dt.timedelta(days=keep_days):
-            fs.rm(entry, recursive=True)
-            removed.append(name)
+            judged = dt.date.fromisoformat(fs.cat_file(mark).decode().strip())
+        except (ValueError, OSError):
+            continue  # not ours, or gone meanwhile
+        if judged < today - dt.timedelta(days=keep_days):
+            fs.rm(directory, recursive=True)
+            removed.append(directory)
     return removed
 
 

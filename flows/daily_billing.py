@@ -129,9 +129,9 @@ def _bill(
     log = get_run_logger()
     leases = ctx.leases
     # configuration and input problems surface here, before any work (exit 2)
-    stages.start(ctx, day, dry_run)
     if ctx.settings.shards > 1:
         shards.require_shard_deployment(ctx.settings.shards)
+    stages.start(ctx, day, dry_run)
 
     def waiting(key: lease.Key, holder: str) -> None:
         log.warning("waiting for the %s: %s is billing it", key, holder)

@@ -9,8 +9,8 @@
    data implies (tests/oracle.py); every batch applied once; each worker ran a shard;
 4. bills another date with BILLING_SHARDS=2 and kills one shard worker with SIGKILL (it and
    the shard run it executes: its host died) while its shard extracts: that shard's partners
-   are failed with the shard run named, the others delivered; a worker is started again, the
-   date billed again, and the failed partners are delivered, once;
+   are failed with the shard run named, the others delivered; a worker is started again, and
+   a backfill of both dates (sharded too) delivers the failed partners, once;
 5. prints a verdict, stops everything it started, and deletes its temporary files.
 
 Exit code 0 when every check passed, 1 otherwise.
@@ -262,11 +262,27 @@ def check_worker_killed(checks, work, shard_env, sandbox, workers, start_worker,
         "the other partners are delivered, the killed shard's not",
     )
     workers[n] = start_worker(n, f"worker-{n}-again.log")
-    say(f"billing {day} again")
-    again = bill(env, day, work, "again.log")
+    # the next run is a backfill of both dates (each date's run sharded, two side by side)
+    say(f"backfilling {day} to {first_day} with BILLING_SHARDS=2")
+    again = start(
+        [str(BIN / "bullphish-billing"), "backfill", "--start", day.isoformat()]
+        + ["--end", first_day.isoformat()],
+        env,
+        work / "again.log",
+    )
     finished(again, work, "again.log", checks)
-    checks.expect(stored(sandbox, day) == expected, f"after the next run KaseyaOne holds {day}")
-    checks.expect(applied_once(sandbox), "every batch applied once, across the three runs")
+    first = expected_in_kaseyaone(sandbox.world, expected_billing(sandbox.world, first_day))
+    checks.expect(
+        stored(sandbox, day) == expected and stored(sandbox, first_day) == first,
+        f"after the backfill KaseyaOne holds {day} and still {first_day}",
+    )
+    checks.expect(applied_once(sandbox), "every batch applied once, across all the runs")
+    done = {
+        d: sum(bool(r.state and r.state.is_completed()) for r in shard_runs(d))
+        for d in (day, first_day)
+    }
+    # day: the killed run's other shard + the backfill's two; first_day: two runs of two
+    checks.expect(done == {day: 3, first_day: 4}, f"the backfill's dates ran in shards: {done}")
     say(json.dumps({"lost_partners": sorted(lost)}))
 
 

@@ -21,8 +21,13 @@ POOLS = ("bullphish-billing", "bullphish-shards")
 sys.path.insert(0, str(ROOT / "tests"))  # the sandbox helpers and the oracle of the tests
 
 
+_STARTED = time.monotonic()
+
+
 def say(text: str) -> None:
-    print(f"{Path(sys.argv[0]).stem.replace('_', '-')}: {text}", flush=True)
+    """One line of progress, with the seconds since the check started."""
+    name = Path(sys.argv[0]).stem.replace("_", "-")
+    print(f"{name}: [{time.monotonic() - _STARTED:5.1f} s] {text}", flush=True)
 
 
 def free_port() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -114,5 +115,5 @@ def passes_check(script: str) -> None:
     )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
-    assert f"{script.replace('_', '-')}: verdict: PASS" in result.stdout, out
+    assert re.search(rf"{script.replace('_', '-')}: \[.*\] verdict: PASS", result.stdout), out
     assert "FAIL" not in result.stdout, out

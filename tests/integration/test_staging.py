@@ -188,21 +188,25 @@ def test_staging_works_on_any_fsspec_file_system(sandbox, configure, tmp_path):
     assert n == sum(not r.error for r in results.values()) > 0
 
 
-def test_prune_removes_the_staged_dates_past_the_days_kept_and_nothing_else(tmp_path):
+def test_prune_removes_shards_judged_before_the_days_kept_and_never_one_at_work(tmp_path):
+    """A backfill stages old usage dates today, and its dates run side by side: what is pruned
+    is decided by when the run judged the shard, and a shard not yet judged is never touched."""
     today = dt.date(2026, 12, 3)
-    for n in range(5):
-        (tmp_path / (today - dt.timedelta(days=n)).isoformat() / "run" / "shard-0").mkdir(
-            parents=True
-        )
-    (tmp_path / "not-a-date").mkdir()
+    fs, _ = staging.staging_root(str(tmp_path))
+    judged = {}
+    for n in range(4):  # usage dates long ago, judged 0..3 days ago
+        location = staging.shard_location(str(tmp_path), dt.date(2026, 1, 1), f"run{n}", 0)
+        fs.makedirs(location.root)
+        staging.mark_judged(location, today - dt.timedelta(days=n))
+        judged[n] = location.root
+    at_work = staging.shard_location(str(tmp_path), dt.date(2025, 1, 1), "busy", 1)
+    fs.makedirs(at_work.root)
+
     removed = staging.prune(str(tmp_path), 2, today)
-    assert removed == ["2026-11-29", "2026-11-30"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "2026-12-01",
-        "2026-12-02",
-        "2026-12-03",
-        "not-a-date",
-    ]
+
+    assert removed == [judged[3]]
+    assert all(fs.exists(judged[n]) for n in range(3))
+    assert fs.exists(at_work.root)
 
 
 # -- packing (plain) ---------------------------------------------------------------------------
@@ -238,6 +242,10 @@ def test_shards_without_the_extract_shard_deployment_end_the_run_at_start(
     ), state.message
     assert len(sandbox.kaseyaone.sends()) == sent
     assert not (tmp_path / "st").exists()
+    warehouse = tmp_path / "warehouse.duckdb"
+    if warehouse.exists():
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            assert con.execute("SELECT count(*) FROM ops.runs").fetchone()[0] == 0
 
 
 @pytest.mark.usefixtures("prefect_harness")
