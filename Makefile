@@ -44,7 +44,7 @@ check-deployments: $(STAMP)
 
 # Extract shards on Prefect workers (README "Scaling out"): `prefect server start`, two shard
 # workers, BILLING_SHARDS=2 against BILLING_SHARDS=1 and the oracle, a shard host killed
-# mid-extract, a backfill of both dates. Offline, 2-3 minutes; `test` runs it too
+# mid-extract, a backfill of that date. Offline, about 2 minutes; `test` runs it too
 # (tests/integration/test_scale_out.py).
 check-scale-out: $(STAMP)
 	$(BIN)/python scripts/check_scale_out.py

@@ -55,3 +55,25 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# Modules that take minutes (a Prefect server, workers, many runs), started first: two xdist
+# workers take tests in collection order, and one of these last would leave a worker alone
+# at the end of `make test` for as long as it takes.
+LONGEST_FIRST = (
+    "test_scale_out.py",
+    "test_deployments.py",
+    "test_bench_smoke.py",
+    "test_cli.py",
+    "test_backfill.py",
+    "test_stop_signals.py",
+    "test_crash_safety.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order

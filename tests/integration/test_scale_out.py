@@ -2,7 +2,7 @@
 a `prefect server start`, two process workers on the bullphish-shards pool, a faulty sandbox;
 BILLING_SHARDS=2 bills exactly what BILLING_SHARDS=1 and the oracle do, each worker runs a
 shard, every batch is applied once; a shard whose host dies mid-extract has its partners
-failed by name, and a backfill of both dates (sharded) delivers them, once. 2-3 minutes."""
+failed by name, and a backfill of the date (sharded) delivers them, once. About 2 minutes."""
 
 from __future__ import annotations
 
