@@ -43,7 +43,6 @@ from bullphish_billing.warehouse.raw import (
 
 MANIFEST = "manifest.json"
 FORMAT = 1
-_CHUNK = 1 << 20
 
 
 class StagingError(Exception):
@@ -226,21 +225,14 @@ def read_manifest(location: ShardLocation) -> Manifest:
     except (ValueError, KeyError, TypeError) as exc:
         raise StagingError(f"unreadable {MANIFEST} in {location.root}: {exc}") from None
     for staged in manifest.files:
-        path = location.path(staged.name)
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with fs.open(path, "rb") as f:
-                while chunk := f.read(_CHUNK):
-                    digest.update(chunk)
-                    size += len(chunk)
+        try:  # one read: a staged file is one write group's part, a few MB
+            data = fs.cat_file(location.path(staged.name))
         except FileNotFoundError:
             raise StagingError(f"{staged.name} of {location.root} is missing") from None
-        if size != staged.bytes or digest.hexdigest() != staged.sha256:
+        if len(data) != staged.bytes or hashlib.sha256(data).hexdigest() != staged.sha256:
             raise StagingError(f"{staged.name} of {location.root} is not the file staged")
         try:
-            with fs.open(path, "rb") as f:
-                rows = pq.read_metadata(f).num_rows
+            rows = pq.read_metadata(pa.BufferReader(data)).num_rows
         except (OSError, pa.ArrowException) as exc:  # the checksum matched: written so
             raise StagingError(f"{staged.name} of {location.root} is no Parquet: {exc}") from None
         if rows != staged.rows:
@@ -260,10 +252,11 @@ def load(
     if not partner_ids:
         return
     files: dict[str, list[str]] = {}
+    registered = set(con.list_filesystems())
     for location, manifest in shards:
-        registered = set(con.list_filesystems())
         if not isinstance(location.fs, LocalFileSystem) and _name(location.fs) not in registered:
             con.register_filesystem(location.fs)
+            registered.add(_name(location.fs))
         for staged in manifest.files:
             files.setdefault(staged.part, []).append(location.url(staged.name))
     sources = {

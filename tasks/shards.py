@@ -125,8 +125,7 @@ def _wait(ctx: RunContext, watched: list[_Watched]) -> None:
     """Poll the shard runs until each has an outcome: its final state, or given up on (too
     long, gone silent, or this run asked to stop), in which case its run is ended in Prefect
     too (Cancelled, or Crashed when silent) so that no worker goes on with it."""
-    s = ctx.settings
-    limit = min(s.shard_timeout_s, max(0.0, ctx.clock.left()))
+    limit = min(ctx.settings.shard_timeout_s, max(0.0, ctx.clock.left()))
     deadline = time.monotonic() + limit
     with get_client(sync_client=True) as client:
         while True:
@@ -140,39 +139,44 @@ def _wait(ctx: RunContext, watched: list[_Watched]) -> None:
                         failure = f"ended {state.name}: {state.message or 'no message'}"
                     w.outcome = ShardRun(w.shard, run.name, failure)
                     continue
-                running = state is not None and state.is_running()
-                life = staging.sign_of_life(w.location)
-                if life != w.life or not (running and w.was_running):
-                    # silence counts from the last change seen while running (a run waiting
-                    # for a worker, or its process starting, has no sign of life yet)
-                    w.life, w.life_changed = life, now
-                w.was_running = running
-                if stopping.stopping():
-                    _give_up(client, w, run, "was cancelled: the daily run was asked to stop")
-                elif now >= deadline:
-                    _give_up(
-                        client,
-                        w,
-                        run,
-                        f"did not finish within {limit:.0f} s "
-                        f"(BILLING_SHARD_TIMEOUT_S={s.shard_timeout_s:g}, or the run's deadline)",
-                    )
-                elif running and now - w.life_changed > s.shard_silence_s:
-                    _give_up(
-                        client,
-                        w,
-                        run,
-                        f"went silent: no sign of life for {now - w.life_changed:.0f} s while "
-                        f"running (BILLING_SHARD_SILENCE_S={s.shard_silence_s:g}; its host or "
-                        "worker died?)",
-                        crashed=True,
-                    )
+                why = _why_give_up(ctx, w, run, now, deadline, limit)
+                if why is not None:
+                    _give_up(client, w, run, *why)
             if all(w.outcome is not None for w in watched):
                 return
             time.sleep(POLL_S)
 
 
-def _give_up(client, w: _Watched, run: FlowRun, why: str, *, crashed: bool = False) -> None:
+def _why_give_up(
+    ctx: RunContext, w: _Watched, run: FlowRun, now: float, deadline: float, limit: float
+) -> tuple[str, bool] | None:
+    """Why to give up on a shard run that has not ended (and whether it is taken for dead),
+    or None to wait on. Silence counts from the last change of its sign of life seen while it
+    runs (a run waiting for a worker, or its process starting, has no sign of life yet)."""
+    s = ctx.settings
+    running = run.state is not None and run.state.is_running()
+    life = staging.sign_of_life(w.location)
+    if life != w.life or not (running and w.was_running):
+        w.life, w.life_changed = life, now
+    w.was_running = running
+    if stopping.stopping():
+        return "was cancelled: the daily run was asked to stop", False
+    if now >= deadline:
+        return (
+            f"did not finish within {limit:.0f} s "
+            f"(BILLING_SHARD_TIMEOUT_S={s.shard_timeout_s:g}, or the run's deadline)",
+            False,
+        )
+    if running and now - w.life_changed > s.shard_silence_s:
+        return (
+            f"went silent: no sign of life for {now - w.life_changed:.0f} s while running "
+            f"(BILLING_SHARD_SILENCE_S={s.shard_silence_s:g}; its host or worker died?)",
+            True,
+        )
+    return None
+
+
+def _give_up(client, w: _Watched, run: FlowRun, why: str, crashed: bool = False) -> None:
     """End a shard run given up on: Crashed when it went silent (nobody runs it any more),
     Cancelling when it runs (its worker stops it), Cancelled before it started."""
     if crashed:

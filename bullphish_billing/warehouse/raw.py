@@ -84,6 +84,7 @@ def snapshot_parts(snapshots: list[Snapshot]) -> dict[str, pa.Table]:
     """The snapshots as one Arrow table per part of SNAPSHOT_PARTS (parts without rows left
     out, except `extractions`, which has a row per snapshot)."""
     parts: dict[str, pa.Table] = {}
+    issues: dict[str, list[pa.Table]] = {"quarantine": [], "normalized": []}
     for entity, table in _RAW_TABLES.items():
         batches = [(s.partner_id, batch) for s in snapshots for batch in s.batches[entity]]
         rows = [
@@ -95,13 +96,11 @@ def snapshot_parts(snapshots: list[Snapshot]) -> dict[str, pa.Table]:
         ]
         if rows:
             parts[table.removeprefix("raw.")] = pa.concat_tables(rows)
-        for part, frames in (
-            ("quarantine", [(p, b.bad) for p, b in batches if len(b.bad)]),
-            ("normalized", [(p, b.normalized) for p, b in batches if len(b.normalized)]),
-        ):
-            if frames:
-                issues = pa.concat_tables(_issues(frame, p, entity) for p, frame in frames)
-                parts[part] = pa.concat_tables([parts[part], issues]) if part in parts else issues
+        issues["quarantine"] += [_issues(b.bad, p, entity) for p, b in batches if len(b.bad)]
+        issues["normalized"] += [
+            _issues(b.normalized, p, entity) for p, b in batches if len(b.normalized)
+        ]
+    parts |= {part: pa.concat_tables(tables) for part, tables in issues.items() if tables}
     parts["extractions"] = pa.table(
         {
             "partner_id": pa.array([s.partner_id for s in snapshots], pa.string()),
