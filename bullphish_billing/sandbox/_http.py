@@ -207,8 +207,8 @@ class SerializedList:
 
     __slots__ = ("blob", "ends")
 
-    def __init__(self, records: Sequence[dict[str, Any]]) -> None:
-        parts = [orjson.dumps(r) for r in records]
+    def __init__(self, parts: Sequence[bytes]) -> None:
+        """`parts`: each record's JSON."""
         self.blob = b",".join(parts)
         # ends[i]: offset just past record i-1 in the blob plus one (as if each record were
         # followed by a comma), so record i spans ends[i] .. ends[i + 1] - 1
@@ -257,7 +257,7 @@ def paginate(
 
 
 def serialize_records(records: Sequence[dict[str, Any]]) -> SerializedList:
-    return SerializedList(records)
+    return SerializedList([orjson.dumps(r) for r in records])
 
 
 DEFAULT_CACHE_MB = 512

@@ -21,6 +21,7 @@ from bullphish_billing.sandbox._http import (
     ApiError,
     BytesLRU,
     Pager,
+    SerializedList,
     bearer_token,
     build_app,
     error_response,
@@ -103,14 +104,19 @@ class _BullPhishApi:
         as_of = self._as_of(request)
         if not self.world.has_partner(partner_id):
             raise ApiError(404, "not_found", f"unknown partner {partner_id}")
-        generate = self.world.organizations if endpoint == "organizations" else self.world.targets
         key = (endpoint, partner_id, as_of)
+
+        def generate() -> SerializedList:
+            if endpoint == "targets":  # the bulk of the data: straight to JSON
+                return SerializedList(self.world.target_json(partner_id, as_of))
+            return serialize_records(self.world.organizations(partner_id, as_of))
+
         return paginate(
             request,
             self.pager,
             endpoint,
             f"{partner_id}|{as_of.isoformat()}",
-            lambda: self.cache.get(key, lambda: serialize_records(generate(partner_id, as_of))),
+            lambda: self.cache.get(key, generate),
         )
 
 

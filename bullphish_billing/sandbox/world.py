@@ -82,6 +82,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from bullphish_billing.sandbox._hashing import h, h_np, pick, unit, unit_np
 from bullphish_billing.sandbox.config import SandboxConfig
@@ -184,6 +185,7 @@ _MSP_C = ("Solutions", "Group", "Partners", "LLC", "Inc.")
 
 # "HH:MM:SSZ" suffixes, indexed by minute of the day.
 _TODS = tuple(f"T{m // 60:02d}:{m % 60:02d}:{(m * 7) % 60:02d}Z" for m in range(1440))
+_TOD_TAILS = tuple(tod.encode() + b'"}' for tod in _TODS)  # a record's end, without external_ref
 
 
 @dataclass(frozen=True)
@@ -218,22 +220,42 @@ class _OrgSpec:
 
 @dataclass(frozen=True)
 class _TargetStatic:
-    """What never changes about a partner's targets, as parallel lists/arrays."""
+    """What never changes about a partner's targets, as parallel lists/arrays. Their fixed
+    fields are kept as JSON only (`heads`, `tails`): the bytes served every day, and a third
+    of the memory of a string per field."""
 
     count: int
     index: np.ndarray  # 0..count-1 (int64)
-    ids: list[str]
-    org_ids: list[str]
-    emails: list[str]
-    first_names: list[str | None]
-    last_names: list[str | None]
-    tods: list[str]
     phase: np.ndarray  # int64
     created_ord: np.ndarray  # int64: creation ordinal of the target's organization
     first_org_count: int  # targets of o_XXXXo0001 (the first ones in order)
-    external_refs: dict[int, str]
     dormant: np.ndarray  # bool: active and untouched since `dormant_ord` (stale users)
     dormant_ord: np.ndarray  # int64: the dormant targets' last update (ordinal)
+    # each target's JSON around its two daily fields (see World._clean_json): up to the
+    # status's opening quote, and from updated_at's time of day to the closing brace
+    heads: list[bytes]
+    tails: list[bytes]
+
+
+@dataclass(frozen=True)
+class _TargetDay:
+    """A partner's targets on one day: which are served (`js`, in order), status, update."""
+
+    static: _TargetStatic
+    visible: np.ndarray  # bool by target
+    js: range | list[int]
+    active: list[bool]  # by target
+    updated: list[int]  # by target: the ordinal of its updated_at
+
+    def positions(self) -> Callable[[int], int]:
+        """Where target j is among the served records (j itself when every one is served)."""
+        if isinstance(self.js, range):
+            return lambda j: j
+        return dict(zip(self.js, range(len(self.js)), strict=True)).__getitem__
+
+
+STATIC_TARGETS = 2_000_000
+"""How many targets' fixed part (ids, names, JSON) the world keeps between dates."""
 
 
 def _iso(ordinal: int, tod: str) -> str:
@@ -244,8 +266,9 @@ class World:
     """The sandbox's generated partners, organizations, targets and KaseyaOne links.
 
     Construction is instant; data is generated on demand per (partner, as_of) and the static
-    part of each partner (ids, names, phases) is kept in small LRU caches. ``today`` is
-    resolved once here from the config. Public methods are safe to call from any thread.
+    part of each partner (its targets as JSON around their daily fields) is kept in LRU
+    caches. ``today`` is resolved once here from the config. Public methods are safe to call
+    from any thread.
     """
 
     def __init__(self, config: SandboxConfig) -> None:
@@ -259,9 +282,12 @@ class World:
         self._org_specs: Callable[[int], list[_OrgSpec]] = functools.lru_cache(maxsize=1024)(
             self._build_org_specs
         )
-        self._target_static: Callable[[int], _TargetStatic] = functools.lru_cache(maxsize=16)(
-            self._build_target_static
-        )
+        # every partner's fixed part up to STATIC_TARGETS targets (about 260 MB a million),
+        # else as many partners as that holds: a date's lists are generated from it
+        per_partner = max(1, config.organizations_per_partner * config.targets_per_organization)
+        self._target_static: Callable[[int], _TargetStatic] = functools.lru_cache(
+            maxsize=max(16, STATIC_TARGETS // per_partner)
+        )(self._build_target_static)
 
     # ------------------------------------------------------------------ public: BullPhish ID
     def partner_ids(self) -> list[str]:
@@ -525,66 +551,97 @@ class World:
             created + (h_np((*prefix, _S_TDORMANT, 1), index) % 30).astype(np.int64),
             self._today_ord - 400,
         )
+        emails = [
+            f"{f}.{last}+{tid}@{EMAIL_DOMAIN}"
+            for f, last, tid in zip(firsts, lasts, ids, strict=True)
+        ]
+        first_names = [
+            None if n else f.capitalize() for f, n in zip(firsts, null_first, strict=True)
+        ]
+        last_names = [None if n else x.capitalize() for x, n in zip(lasts, null_last, strict=True)]
+        tods = (h_np((*prefix, _S_TTOD), index) % 1440).tolist()
+        tails = [_TOD_TAILS[m] for m in tods]
+        for j in ext_js:  # the external reference is the record's last field
+            ref = orjson.dumps(f"hr-{int(ext[j]) % 10**7:07d}")
+            tails[j] = _TODS[tods[j]].encode() + b'","external_ref":' + ref + b"}"
         return _TargetStatic(
             count=total,
             index=index,
-            ids=ids,
-            org_ids=org_ids,
-            emails=[
-                f"{f}.{last}+{tid}@{EMAIL_DOMAIN}"
-                for f, last, tid in zip(firsts, lasts, ids, strict=True)
-            ],
-            first_names=[
-                None if n else f.capitalize() for f, n in zip(firsts, null_first, strict=True)
-            ],
-            last_names=[
-                None if n else x.capitalize() for x, n in zip(lasts, null_last, strict=True)
-            ],
-            tods=[_TODS[m] for m in (h_np((*prefix, _S_TTOD), index) % 1440).tolist()],
             phase=(h_np((*prefix, _S_TPHASE), index) % TARGET_PERIOD).astype(np.int64),
             created_ord=created,
             first_org_count=int(counts[0]) if len(counts) else 0,
-            external_refs={j: f"hr-{int(ext[j]) % 10**7:07d}" for j in ext_js},
             dormant=dormant,
             dormant_ord=dormant_ord,
+            heads=[
+                orjson.dumps(
+                    {"id": i, "organization_id": o, "email": e, "first_name": f, "last_name": n}
+                )[:-1]
+                + b',"status":"'
+                for i, o, e, f, n in zip(ids, org_ids, emails, first_names, last_names, strict=True)
+            ],
+            tails=tails,
         )
 
-    def _targets(self, spec: _PartnerSpec, day: int) -> list[dict[str, Any]]:
+    def _target_day(self, spec: _PartnerSpec, day: int) -> _TargetDay:
+        """Which of the partner's targets are served on `day`, their status and last update."""
         st = self._target_static(spec.index)
-        seed, pi = self._seed, spec.index
         visible = st.created_ord <= day
         epoch = (day + st.phase) // TARGET_PERIOD
-        active = ((unit_np((seed, pi, _S_TSTATUS), st.index, epoch) < 0.85) | st.dormant).tolist()
-        updated = np.where(
-            st.dormant,
-            st.dormant_ord,
-            np.maximum(epoch * TARGET_PERIOD - st.phase, st.created_ord),
-        ).tolist()
-        dates = {o: datetime.date.fromordinal(o).isoformat() for o in set(updated)}
-        js = range(st.count) if visible.all() else np.flatnonzero(visible).tolist()
-        ids, org_ids, emails = st.ids, st.org_ids, st.emails
-        firsts, lasts, tods = st.first_names, st.last_names, st.tods
-        records: list[dict[str, Any]] = [
-            {
-                "id": ids[j],
-                "organization_id": org_ids[j],
-                "email": emails[j],
-                "first_name": firsts[j],
-                "last_name": lasts[j],
-                "status": "active" if active[j] else "inactive",
-                "updated_at": dates[updated[j]] + tods[j],
-            }
-            for j in js
-        ]
-        # Record position of target j (targets of not-yet-created organizations are absent).
-        position: dict[int, int] | None = (
-            None if isinstance(js, range) else dict(zip(js, range(len(records)), strict=True))
+        status = unit_np((self._seed, spec.index, _S_TSTATUS), st.index, epoch)
+        return _TargetDay(
+            static=st,
+            visible=visible,
+            js=range(st.count) if visible.all() else np.flatnonzero(visible).tolist(),
+            active=((status < 0.85) | st.dormant).tolist(),
+            updated=np.where(
+                st.dormant,
+                st.dormant_ord,
+                np.maximum(epoch * TARGET_PERIOD - st.phase, st.created_ord),
+            ).tolist(),
         )
-        for j, ref in st.external_refs.items():
-            if position is None:
-                records[j]["external_ref"] = ref
-            elif j in position:
-                records[position[j]]["external_ref"] = ref
+
+    def _malformed(
+        self, spec: _PartnerSpec, day: int, visible: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The served targets made malformed on `day` (a mask by target) and how (kinds)."""
+        index = self._target_static(spec.index).index
+        seed, pi = self._seed, spec.index
+        bad = (unit_np((seed, pi, _S_TMAL), index, day) < self.config.malformed_rate) & visible
+        return bad, h_np((seed, pi, _S_TMALK), index, day)
+
+    def _clean_json(self, td: _TargetDay) -> list[bytes]:
+        """The day's served targets as JSON, before any anomaly or malformation."""
+        heads, tails, active, updated = td.static.heads, td.static.tails, td.active, td.updated
+        dates = {o: datetime.date.fromordinal(o).isoformat().encode() for o in set(updated)}
+        on, off = b'active","updated_at":"', b'inactive","updated_at":"'
+        return [
+            b"".join((heads[j], on if active[j] else off, dates[updated[j]], tails[j]))
+            for j in td.js
+        ]
+
+    def target_json(self, partner_id: str, as_of: datetime.date) -> list[bytes]:
+        """``targets(partner_id, as_of)``, each record as its JSON: what the sandbox serves,
+        with no dict per record (the bulk of the data set, generated again for every date)."""
+        spec = self._spec(partner_id)
+        day = as_of.toordinal()
+        if spec.role in ("anomalies", "duplicates"):  # records moved, doubled or inserted
+            return [orjson.dumps(record) for record in self._targets(spec, day)]
+        td = self._target_day(spec, day)
+        parts = self._clean_json(td)
+        if self.config.malformed_rate > 0 and parts:
+            bad, kinds = self._malformed(spec, day, td.visible)
+            position = td.positions()
+            for j in np.flatnonzero(bad).tolist():
+                record = orjson.loads(parts[position(j)])
+                _corrupt_target(record, int(kinds[j]))
+                parts[position(j)] = orjson.dumps(record)
+        return parts
+
+    def _targets(self, spec: _PartnerSpec, day: int) -> list[dict[str, Any]]:
+        td = self._target_day(spec, day)
+        st, pi = td.static, spec.index
+        records: list[dict[str, Any]] = [orjson.loads(part) for part in self._clean_json(td)]
+        position = td.positions()
 
         # The anomaly victim is the partner's first target, of o_XXXXo0001, which exists for
         # the whole history window: it is record 0.
@@ -592,18 +649,17 @@ class World:
             spec.role in ("anomalies", "duplicates")
             and st.first_org_count > 0
             and bool(records)
-            and records[0]["id"] == st.ids[0]
+            and records[0]["id"] == f"t_{pi:04d}u000001"
         )
         rate = self.config.malformed_rate
         if rate > 0 and records:
-            bad = (unit_np((seed, pi, _S_TMAL), st.index, day) < rate) & visible
-            kinds = h_np((seed, pi, _S_TMALK), st.index, day)
+            bad, kinds = self._malformed(spec, day, td.visible)
             if has_victim:
                 bad[0] = False
             if spec.role == "duplicates" and st.first_org_count > 1:
                 bad[1] = False  # the year-0000 target below stays well formed
             for j in np.flatnonzero(bad).tolist():
-                _corrupt_target(records[j if position is None else position[j]], int(kinds[j]))
+                _corrupt_target(records[position(j)], int(kinds[j]))
 
         if spec.role == "anomalies":
             stray_id = f"t_{pi:04d}u{st.count + 1:06d}"

@@ -9,6 +9,7 @@ import json
 import time
 from collections import Counter
 
+import orjson
 import pytest
 import yaml
 from contracts import CONTRACTS
@@ -72,6 +73,19 @@ def test_a_date_does_not_depend_on_what_was_generated_before():
     assert fresh.targets("p_0010", YESTERDAY - dt.timedelta(days=2)) == warmed.targets(
         "p_0010", YESTERDAY - dt.timedelta(days=2)
     )
+
+
+@pytest.mark.parametrize("malformed_rate", [0.0, 0.2, 1.0])
+def test_the_served_json_is_the_records_json(malformed_rate: float):
+    """The sandbox serves target_json (built from each target's fixed JSON, no dict per
+    record); it must be exactly the JSON of `targets`, which tests compute billing from,
+    for every role (anomalies and duplicates included), malformed records and days on which
+    organizations did not exist yet."""
+    world = World(SandboxConfig(today=TODAY, malformed_rate=malformed_rate))
+    for day in (YESTERDAY, YESTERDAY - dt.timedelta(days=3), YESTERDAY - dt.timedelta(days=200)):
+        for pid in world.partner_ids():
+            records = world.targets(pid, day)
+            assert world.target_json(pid, day) == [orjson.dumps(r) for r in records], (pid, day)
 
 
 def test_today_defaults_to_the_real_utc_date():
