@@ -349,12 +349,13 @@ def run_backfill(
     command = [sys.executable, "-m", "bench.backfill_child"]
     command += [start_day.isoformat(), end_day.isoformat(), str(out)]
     result = _run_child(sandbox, api_url, home, warehouse, server_pid, command, out)
-    result["date_seconds"] = _subflow_seconds(api_url, result["flow_run_id"])
+    result["date_seconds"], result["date_stages"] = _subflow_figures(api_url, result["flow_run_id"])
     return result
 
 
-def _subflow_seconds(api_url: str, flow_run_id: str) -> list[float]:
-    """Each date's daily-billing run within a backfill, as Prefect recorded it, oldest first."""
+def _subflow_figures(api_url: str, flow_run_id: str) -> tuple[list[float], dict[str, float]]:
+    """Each date's daily-billing run within a backfill, as Prefect recorded it, oldest first,
+    and each stage's span in a date's run, averaged over the dates."""
     response = httpx.post(
         f"{api_url}/flow_runs/filter",
         json={"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}, "limit": 200},
@@ -362,7 +363,13 @@ def _subflow_seconds(api_url: str, flow_run_id: str) -> list[float]:
     )
     response.raise_for_status()
     runs = sorted(response.json(), key=lambda r: r["name"])
-    return [_recorded_seconds(run) for run in runs if run.get("start_time") and run.get("end_time")]
+    ended = [run for run in runs if run.get("start_time") and run.get("end_time")]
+    stages: dict[str, float] = {}
+    for run in ended:
+        for stage, (start, end) in _stage_spans(api_url, run["id"]).items():
+            stages[stage] = stages.get(stage, 0.0) + (end - start).total_seconds()
+    mean = {stage: seconds / len(ended) for stage, seconds in stages.items()}
+    return [_recorded_seconds(run) for run in ended], mean
 
 
 def _recorded_seconds(run: dict) -> float:
@@ -554,6 +561,12 @@ def _history_lines(results: dict) -> list[str]:
         f"{empty['flow_seconds']:.2f} s / {flow['flow_seconds']:.2f} s "
         f"({flow['flow_seconds'] / empty['flow_seconds']:.2f}x)",
     ]
+    stages = sorted(backfill.get("date_stages", {}).items(), key=lambda item: -item[1])
+    lines.insert(
+        1,
+        "  a date's stages in the backfill (mean span; the dates' runs overlap): "
+        + ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in stages),
+    )
     again = results.get("flow_empty_after_backfill", {"flow_seconds": 0.0, "stages": {}})
     lines.append(
         f"  and on an empty warehouse again after the backfill (the Prefect server's history "
