@@ -33,7 +33,7 @@ from pathlib import Path
 import duckdb
 import httpx
 
-from bench.cpu import cpu_seconds, own_cpu_seconds
+from bench.cpu import cpu_seconds, own_cpu_seconds, stolen_seconds
 from bench.fetch_floor import fetch_floor
 from bench.prefect_floor import shape
 from bench.scales import SCALES, Scale
@@ -198,6 +198,7 @@ def _run_child(
     the CPU the sandbox and the Prefect server spent meanwhile."""
     cpu_before = sandbox.cpu()
     server_before = cpu_seconds(server_pid)
+    stolen_before = stolen_seconds()
     start = time.perf_counter()
     subprocess.run(
         command,
@@ -211,6 +212,7 @@ def _run_child(
     result["wall_seconds"] = wall
     result["sandbox_cpu_seconds"] = sandbox.cpu() - cpu_before
     result["prefect_server_cpu_seconds"] = cpu_seconds(server_pid) - server_before
+    result["stolen_cpu_seconds"] = stolen_seconds() - stolen_before
     return result
 
 
@@ -556,7 +558,9 @@ def _history_lines(results: dict) -> list[str]:
         f"each date's run {min(per_date, default=0):.1f}-{max(per_date, default=0):.1f} s, "
         f"2 at a time; CPU {backfill['cpu_seconds']:.1f} s, Prefect server CPU "
         f"{backfill['prefect_server_cpu_seconds']:.1f} s, sandbox CPU "
-        f"{backfill['sandbox_cpu_seconds']:.1f} s; peak RSS {backfill['peak_rss_mb']:.0f} MB)",
+        f"{backfill['sandbox_cpu_seconds']:.1f} s; CPU stolen by the hypervisor "
+        f"{backfill.get('stolen_cpu_seconds', 0):.1f} s; "
+        f"peak RSS {backfill['peak_rss_mb']:.0f} MB)",
         f"the same date, empty warehouse / after {days} days: "
         f"{empty['flow_seconds']:.2f} s / {flow['flow_seconds']:.2f} s "
         f"({flow['flow_seconds'] / empty['flow_seconds']:.2f}x)",
@@ -605,7 +609,8 @@ def report(results: dict) -> str:
         f"flow end to end  {flow['flow_seconds']:8.2f} s  "
         f"(child wall {flow['wall_seconds']:.2f} s, peak RSS {flow['peak_rss_mb']:.0f} MB; "
         f"CPU {flow['cpu_seconds']:.2f} s, sandbox CPU {flow['sandbox_cpu_seconds']:.2f} s, "
-        f"Prefect server CPU {flow['prefect_server_cpu_seconds']:.2f} s)",
+        f"Prefect server CPU {flow['prefect_server_cpu_seconds']:.2f} s; "
+        f"CPU stolen by the hypervisor {flow.get('stolen_cpu_seconds', 0):.2f} s)",
         f"  flow run as Prefect recorded it: {flow['flow_run_seconds']:.2f} s "
         "(the rest: the engine's start, and its heartbeat thread joined at the end)",
     ]

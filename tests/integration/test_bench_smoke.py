@@ -49,6 +49,7 @@ def test_the_benchmark_runs_end_to_end_at_a_tiny_scale(tmp_path):
     assert figures["flow"]["prefect_server_cpu_seconds"] >= 0
     assert figures["backfill"]["dates"] == 1 and figures["flow_empty"]["exit_code"] in (0, 1)
     assert {"extract", "evaluate", "report"} <= set(figures["backfill"]["date_stages"])
+    assert figures["backfill"]["stolen_cpu_seconds"] >= 0 and "hypervisor" in result.stdout
     assert figures["flow_empty_after_backfill"]["exit_code"] in (0, 1)
     assert "empty_warehouse_after_backfill_vs_before" in figures["ratios"]
     assert set(figures["ratios"]) >= {"backfill_vs_one_day", "after_history_vs_empty_warehouse"}
