@@ -221,8 +221,8 @@ class _OrgSpec:
 @dataclass(frozen=True)
 class _TargetStatic:
     """What never changes about a partner's targets, as parallel lists/arrays. Their fixed
-    fields are kept as JSON only (`heads`, `tails`): the bytes served every day, and a third
-    of the memory of a string per field."""
+    fields are kept as JSON only (`heads`, `tails`): the bytes served every day, in less than
+    half the memory of a string per field (258 MB a million targets, against 627)."""
 
     count: int
     index: np.ndarray  # 0..count-1 (int64)
@@ -255,7 +255,8 @@ class _TargetDay:
 
 
 STATIC_TARGETS = 2_000_000
-"""How many targets' fixed part (ids, names, JSON) the world keeps between dates."""
+"""How many targets' fixed part (their JSON around the daily fields, phases, creation dates)
+the world keeps between dates."""
 
 
 def _iso(ordinal: int, tod: str) -> str:
