@@ -625,18 +625,10 @@ class World:
         with no dict per record (the bulk of the data set, generated again for every date)."""
         spec = self._spec(partner_id)
         day = as_of.toordinal()
-        if spec.role in ("anomalies", "duplicates"):  # records moved, doubled or inserted
+        if spec.role in ("anomalies", "duplicates") or self.config.malformed_rate > 0:
+            # records moved, doubled, inserted or broken: as dicts (faulty sandboxes are small)
             return [orjson.dumps(record) for record in self._targets(spec, day)]
-        td = self._target_day(spec, day)
-        parts = self._clean_json(td)
-        if self.config.malformed_rate > 0 and parts:
-            bad, kinds = self._malformed(spec, day, td.visible)
-            position = td.positions()
-            for j in np.flatnonzero(bad).tolist():
-                record = orjson.loads(parts[position(j)])
-                _corrupt_target(record, int(kinds[j]))
-                parts[position(j)] = orjson.dumps(record)
-        return parts
+        return self._clean_json(self._target_day(spec, day))
 
     def _targets(self, spec: _PartnerSpec, day: int) -> list[dict[str, Any]]:
         td = self._target_day(spec, day)
