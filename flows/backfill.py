@@ -107,6 +107,7 @@ def backfill(
             force=force,
             reconcile_earlier=False,  # each date reconciles itself: no window per date
             housekeeping=False,  # once, at the end
+            report_each_partner=False,  # one report task run per date, not one per partner
             return_state=True,
         )
         data = state.result(raise_on_failure=False)

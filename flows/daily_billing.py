@@ -46,6 +46,7 @@ def daily_billing(
     lease_wait_s: float = lease.DEFAULT_WAIT_S,
     reconcile_earlier: bool = True,
     housekeeping: bool = True,
+    report_each_partner: bool = True,
 ) -> RunSummary | State:
     """Bill one usage date (default: yesterday, UTC): extract, validate, aggregate, deliver.
 
@@ -66,6 +67,10 @@ def daily_billing(
     analysts' file. Those last steps, with the organization mappings, are its housekeeping: a
     backfill turns `housekeeping` off for its dates and does it once, at its end (per date,
     it cost a backfill more with every date already billed).
+    Each partner's outcome is a `report-<partner>-<date>` task run of its own; a backfill turns
+    `report_each_partner` off, and one `report-partners-<date>` task run writes its dates'
+    partner artifacts (task runs are most of what a date costs the Prefect server; every
+    partner stays in the date's table artifact).
     """
     day = usage_date or yesterday_utc()
     run_id = str(flow_run.get_id() or uuid.uuid4())
@@ -86,6 +91,7 @@ def daily_billing(
                     reports,
                     reconcile_earlier,
                     housekeeping,
+                    report_each_partner,
                 )
             )
     except UserError as exc:
@@ -123,6 +129,7 @@ def _bill(
     reports: list[PrefectFuture[None]],
     reconcile_earlier: bool = True,
     housekeeping: bool = True,
+    report_each_partner: bool = True,
 ) -> RunSummary:
     """The run after its leases are taken. The per-partner report tasks it starts are added
     to `reports` for the caller to wait for (after publishing: the two overlap)."""
@@ -210,17 +217,21 @@ def _bill(
         ),
         description=f"Per-user counts that moved, modules switched, stale users on {day}",
     )
-    # one task per partner, named after it and its outcome; a partner with something to look
-    # at (a problem, a notable change, a reconciliation difference) also gets a new version of
-    # its artifact (history per partner). They wait on the Prefect API, so the rest of the run
-    # goes on meanwhile
-    reports += billing.report_partner.map(
-        [o.partner_id for o in summary.outcomes],
-        unmapped(day),
-        summary.outcomes,
-        unmapped(changes),
-        unmapped(reconciled.partners_to_look_at() if reconciled else frozenset()),
-    )
+    # one task per partner, named after it and its outcome (or one for them all, in a
+    # backfill); a partner with something to look at (a problem, a notable change, a
+    # reconciliation difference) also gets a new version of its artifact (history per
+    # partner). They wait on the Prefect API, so the rest of the run goes on meanwhile
+    looked_at = reconciled.partners_to_look_at() if reconciled else frozenset()
+    if report_each_partner:
+        reports += billing.report_partner.map(
+            [o.partner_id for o in summary.outcomes],
+            unmapped(day),
+            summary.outcomes,
+            unmapped(changes),
+            unmapped(looked_at),
+        )
+    else:
+        reports.append(billing.report_partners.submit(day, summary.outcomes, changes, looked_at))
     if housekeeping and not dry_run:
         tidy_up(ctx, day, computed, lease_wait_s)
     log.info("%s", summary.one_line())

@@ -11,6 +11,7 @@ hashed into cache keys.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 
 import duckdb
 from prefect import get_run_logger, task
@@ -202,19 +203,53 @@ def report_partner(
     outcome ("Held", "Not delivered", "Partly delivered", ...) with its reason as the message,
     so the Task Runs tab points at the partner that needs a look (a Failed task run would put
     an ERROR line per partner on the terminal; the flow run is the one that turns red). When
-    the partner has something to look at (`partner_artifacts.worth_an_artifact`: a problem, a
-    notable change, a reconciliation difference), also as its artifact (key `billing-p-XXXX`:
-    one key per partner, so the Artifacts page shows each partner's history)."""
-    if partner_artifacts.worth_an_artifact(outcome, changes, reconciliation_partners):
-        create_markdown_artifact(
-            key=partner_artifacts.key(partner_id),
-            markdown=partner_artifacts.markdown(
-                outcome, changes, reconciled_differently=partner_id in reconciliation_partners
-            ),
-            description=f"{partner_id} on {usage_date}: {outcome.status}",
-        )
+    the partner has something to look at, also as its artifact (`_partner_artifact`)."""
+    _partner_artifact(usage_date, outcome, changes, reconciliation_partners)
     told = bounded(f"{outcome.status}: {outcome.reason}" if outcome.reason else outcome.status)
     return Completed(name=OUTCOME_NAMES[outcome.status], message=told)
+
+
+@task(name="report-partners", task_run_name="report-partners-{usage_date}", cache_policy=NO_CACHE)
+def report_partners(
+    usage_date: dt.date,
+    outcomes: list[PartnerOutcome],
+    changes: list[NotableChange],
+    reconciliation_partners: frozenset[str] = frozenset(),
+) -> State:
+    """`report_partner`'s artifacts for every partner of the date, from one task run: a
+    backfill's dates report this way. A task run costs the Prefect server about as much as a
+    date's work does per partner (README "Performance"), and a backfill's dates are read
+    from their table artifacts (every partner, with its outcome and reason), not from task
+    runs. The message counts the partners per outcome and the artifacts written."""
+    written = sum(
+        _partner_artifact(usage_date, o, changes, reconciliation_partners) for o in outcomes
+    )
+    counts = Counter(OUTCOME_NAMES[o.status] for o in outcomes)
+    told = ", ".join(f"{n} {name.lower()}" for name, n in sorted(counts.items()))
+    return Completed(message=bounded(f"{told}; {written} partner artifact(s)"))
+
+
+def _partner_artifact(
+    usage_date: dt.date,
+    outcome: PartnerOutcome,
+    changes: list[NotableChange],
+    reconciliation_partners: frozenset[str],
+) -> bool:
+    """Write the partner's artifact for the date when it has something to look at
+    (`partner_artifacts.worth_an_artifact`: a problem, a notable change, a reconciliation
+    difference), under key `billing-p-XXXX`: one key per partner, so the Artifacts page shows
+    each partner's history. True when written."""
+    partner_id = outcome.partner_id
+    if not partner_artifacts.worth_an_artifact(outcome, changes, reconciliation_partners):
+        return False
+    create_markdown_artifact(
+        key=partner_artifacts.key(partner_id),
+        markdown=partner_artifacts.markdown(
+            outcome, changes, reconciled_differently=partner_id in reconciliation_partners
+        ),
+        description=f"{partner_id} on {usage_date}: {outcome.status}",
+    )
+    return True
 
 
 @task(name="store-mappings", task_run_name="store-mappings-{usage_date}", cache_policy=NO_CACHE)
