@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import os
+import ssl
 from collections.abc import AsyncIterator, Mapping
 
 import httpx
@@ -15,6 +18,18 @@ from .redaction import Redactor
 from .retry import BearerAuth, Call, JsonResponse, RetryPolicy, send_with_retries
 
 USER_AGENT = "bullphish-billing/0.1"
+
+
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default TLS context (certifi's roots, or SSL_CERT_FILE / SSL_CERT_DIR), made
+    once per process and environment: httpx would load the roots again for every client, and a
+    run opens a few dozen (1.3% of a backfill's CPU, py-spy, 2026-12-03)."""
+    return _tls_context_for(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.lru_cache(maxsize=4)
+def _tls_context_for(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    return httpx.create_ssl_context()
 
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -68,6 +83,7 @@ class ApiSession:
             timeout=self.retry.httpx_timeout(),
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
             follow_redirects=False,
+            verify=_tls_context(),
         )
 
     async def close(self) -> None:
