@@ -217,10 +217,10 @@ def report_partners(
     reconciliation_partners: frozenset[str] = frozenset(),
 ) -> State:
     """`report_partner`'s artifacts for every partner of the date, from one task run: a
-    backfill's dates report this way. A task run costs the Prefect server about as much as a
-    date's work does per partner (README "Performance"), and a backfill's dates are read
-    from their table artifacts (every partner, with its outcome and reason), not from task
-    runs. The message counts the partners per outcome and the artifacts written."""
+    backfill's dates report this way. One task run per partner was 100 of a date's 111, and
+    their bookkeeping most of the Prefect server's CPU in a backfill (README "Performance");
+    a backfill's dates are read from their table artifacts (every partner, with its outcome
+    and reason). The message counts the partners per outcome and the artifacts written."""
     written = sum(
         _partner_artifact(usage_date, o, changes, reconciliation_partners) for o in outcomes
     )
