@@ -8,6 +8,8 @@ docs/billing-rules.md.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 
@@ -161,17 +163,10 @@ class RunSummary:
         unclean = problems or self.still_pending or self.notes or reconciliation
         return EXIT_PROBLEMS if unclean else EXIT_OK
 
-    def counts(self) -> dict[str, int]:
-        result: dict[str, int] = {}
-        for outcome in self.outcomes:
-            result[outcome.status] = result.get(outcome.status, 0) + 1
-        return result
-
     def one_line(self) -> str:
         """For example `6 delivered, 1 held; 74 metrics sent`."""
-        parts = [f"{n} {status}" for status, n in sorted(self.counts().items())]
         sent = sum(o.metrics_sent for o in self.outcomes)
-        text = f"{', '.join(parts) or 'no partners'}; {sent} metrics sent"
+        text = f"{outcome_counts(self.outcomes) or 'no partners'}; {sent} metrics sent"
         if self.earlier_batches_sent:
             text += f"; {self.earlier_batches_sent} earlier batch(es) delivered"
         if self.still_pending:
@@ -187,6 +182,13 @@ class RunSummary:
     def to_frame(self) -> pd.DataFrame:
         rows = [asdict(o) | {"status": str(o.status)} for o in self.outcomes]
         return pd.DataFrame(rows, columns=[f.name for f in fields(PartnerOutcome)])
+
+
+def outcome_counts(outcomes: Iterable[PartnerOutcome]) -> str:
+    """The partners per status, for example `6 delivered, 1 held` ("" for none): the start of
+    a run's one-line summary, and the message of a backfill date's report task."""
+    counts = Counter(o.status for o in outcomes)
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
 
 
 # -- a backfill ----------------------------------------------------------------------------

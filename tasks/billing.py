@@ -11,7 +11,6 @@ hashed into cache keys.
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
 
 import duckdb
 from prefect import get_run_logger, task
@@ -37,6 +36,7 @@ from bullphish_billing.results import (
     PartnerDecision,
     PartnerOutcome,
     PartnerStatus,
+    outcome_counts,
 )
 from bullphish_billing.run_context import RunContext
 from bullphish_billing.text import bounded, shown
@@ -224,9 +224,8 @@ def report_partners(
     written = sum(
         _partner_artifact(usage_date, o, changes, reconciliation_partners) for o in outcomes
     )
-    counts = Counter(OUTCOME_NAMES[o.status] for o in outcomes)
-    told = ", ".join(f"{n} {name.lower()}" for name, n in sorted(counts.items()))
-    return Completed(message=bounded(f"{told}; {written} partner artifact(s)"))
+    told = f"{outcome_counts(outcomes)}; {written} partner artifact(s)"
+    return Completed(message=bounded(told))
 
 
 def _partner_artifact(
